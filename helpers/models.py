@@ -1,0 +1,173 @@
+"""Whisper checkpoints: load any (hub id or local folder), and build the tiny offline one.
+
+A model given by path works exactly like one given by hub id: the feature extractor, tokenizer and
+generation config always come from the checkpoint itself, never from a profile. Only safetensors
+weights are read and no remote code is ever run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (AddedToken, GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                          WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+
+# Whisper's special tokens in Whisper's order, cut down to the two languages the workbook needs.
+# Whisper's code relies on this order: language id = start-of-transcript id + 1 + index in its
+# language list (en first, zh second), no-speech = no-timestamps - 1, and ids above no-timestamps
+# are timestamps, so no-timestamps must be the last id of the vocabulary.
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>",
+                    "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+
+
+@dataclass
+class LoadedWhisper:
+    """A Whisper model with what belongs to it: processor (features + tokenizer) and generation config."""
+    model: WhisperForConditionalGeneration
+    processor: WhisperProcessor
+    source: str
+
+    @property
+    def tokenizer(self) -> WhisperTokenizer:
+        return self.processor.tokenizer
+
+    @property
+    def feature_extractor(self) -> WhisperFeatureExtractor:
+        return self.processor.feature_extractor
+
+
+def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = "transcribe",
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedWhisper:
+    """Load a Whisper checkpoint (hub id such as ``MediaTek-Research/Breeze-ASR-25`` or a local folder).
+
+    Sets the language/task prompt on the tokenizer and the generation config, so that labels and
+    ``generate`` agree. Raises ``ValueError`` with what to do when the path holds no Whisper model.
+    """
+    source = str(name_or_path)
+    path = Path(source)
+    if path.exists():
+        config_file = path / "config.json"
+        if not config_file.exists():
+            raise ValueError(f"{path} holds no config.json: it is not a saved model. Give the folder that "
+                             "save_pretrained wrote, or a hub id such as 'MediaTek-Research/Breeze-ASR-25'.")
+        model_type = json.loads(config_file.read_text("utf-8")).get("model_type")
+        if model_type != "whisper":
+            raise ValueError(f"{path} holds a {model_type!r} model, not a Whisper model; this workbook "
+                             "distils Whisper-architecture recognisers (Breeze-ASR-25, whisper-*).")
+    elif path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(f"model folder {source} does not exist (check run_dir and the earlier notebooks)")
+    processor = WhisperProcessor.from_pretrained(source)
+    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    if model.config.model_type != "whisper":
+        raise ValueError(f"{source} is a {model.config.model_type!r} model, not Whisper")
+    set_prompt(model, processor, language=language, task=task)
+    return LoadedWhisper(model.to(device), processor, source)
+
+
+def set_prompt(model, processor, *, language: str = "zh", task: str = "transcribe") -> None:
+    """Make labels and generation use the same ``<|lang|><|task|><|notimestamps|>`` prefix."""
+    processor.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    gen = model.generation_config
+    gen.language, gen.task = language, task
+    gen.forced_decoder_ids = None
+    model.config.forced_decoder_ids = None
+
+
+def save_whisper(model, processor, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Save model (safetensors), processor and generation config in the standard layout."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def count_parameters(model) -> dict[str, float]:
+    """Parameter counts in millions (1e6): total, encoder, decoder (without embeddings), embeddings, trainable."""
+    base = model.model if hasattr(model, "model") else model
+    enc = sum(p.numel() for p in base.encoder.parameters())
+    emb = sum(p.numel() for p in base.decoder.embed_tokens.parameters()) + sum(
+        p.numel() for p in base.decoder.embed_positions.parameters())
+    dec = sum(p.numel() for p in base.decoder.parameters()) - emb
+    total = sum(p.numel() for p in model.parameters())  # the output projection is tied: counted once
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {k: v / 1e6 for k, v in dict(total=total, encoder=enc, decoder=dec, embeddings=emb, trainable=trainable).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny offline teacher: its tokenizer, feature extractor, config and generation config
+# ---------------------------------------------------------------------------------------------
+def build_tokenizer(texts, vocab_size: int = 1000) -> WhisperTokenizer:
+    """Train a byte-level BPE of ``vocab_size`` tokens on ``texts`` and put Whisper's special tokens
+    on top (ids vocab_size .. vocab_size + 9), so it saves and loads as a ``WhisperTokenizer``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    spec = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    tokenizer = WhisperTokenizer(vocab=spec["vocab"], merges=merges)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in WHISPER_SPECIALS], special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(WHISPER_SPECIALS)
+    assert ids == list(range(len(spec["vocab"]), len(spec["vocab"]) + len(WHISPER_SPECIALS))), ids
+    return tokenizer
+
+
+def tiny_feature_extractor(window_s: int = 5, num_mel_bins: int = 80) -> WhisperFeatureExtractor:
+    """Whisper's log-mel features over a ``window_s``-second window (Whisper itself uses 30 s)."""
+    return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16_000, chunk_length=window_s)
+
+
+def tiny_config(tokenizer: WhisperTokenizer, *, window_s: int = 5, d_model: int = 192, layers: int = 4,
+                heads: int = 4, ffn: int = 768, num_mel_bins: int = 80, max_target_positions: int = 96) -> WhisperConfig:
+    """A Whisper-architecture config a CPU can train: 4+4 layers of width 192 is ~3.7M parameters."""
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=num_mel_bins, d_model=d_model,
+        encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, max_source_positions=window_s * 50,
+        max_target_positions=max_target_positions, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+        suppress_tokens=[], begin_suppress_tokens=[], dropout=0.0)
+
+
+def whisper_generation_config(tokenizer: WhisperTokenizer, max_length: int = 96) -> GenerationConfig:
+    """The generation config Whisper's ``generate`` needs, with ids read from ``tokenizer``.
+
+    Whisper's shipped defaults point into the 51865-token vocabulary, so a small vocabulary needs its own.
+    """
+    tid = tokenizer.convert_tokens_to_ids
+    eot = tid("<|endoftext|>")
+    return GenerationConfig(
+        decoder_start_token_id=tid("<|startoftranscript|>"), bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+        lang_to_id={"<|en|>": tid("<|en|>"), "<|zh|>": tid("<|zh|>")},
+        task_to_id={"translate": tid("<|translate|>"), "transcribe": tid("<|transcribe|>")},
+        no_timestamps_token_id=tid("<|notimestamps|>"), prev_sot_token_id=tid("<|startofprev|>"),
+        is_multilingual=True, suppress_tokens=[], begin_suppress_tokens=[], max_length=max_length,
+        max_initial_timestamp_index=50)
+
+
+def new_tiny_whisper(tokenizer: WhisperTokenizer, *, window_s: int = 5, seed: int = 0, **config_kw):
+    """A random-initialised tiny Whisper with its processor, ready for training (see assets/build_tiny_teacher.py)."""
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(tiny_config(tokenizer, window_s=window_s, **config_kw))
+    model.generation_config = whisper_generation_config(tokenizer, model.config.max_target_positions)
+    processor = WhisperProcessor(feature_extractor=tiny_feature_extractor(window_s, model.config.num_mel_bins),
+                                 tokenizer=tokenizer)
+    set_prompt(model, processor)
+    return model, processor
+
+
+TINY_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "tiny-whisper-zh"
+
+
+def window_seconds(feature_extractor: WhisperFeatureExtractor) -> float:
+    """Longest audio the model can take, in seconds (30 for Whisper, 5 for the tiny teacher)."""
+    return feature_extractor.n_samples / feature_extractor.sampling_rate
