@@ -40,7 +40,8 @@ def main(argv=None):
     ap.add_argument("--num-test", type=int, default=200)
     ap.add_argument("--vocab-size", type=int, default=1000, help="BPE tokens below Whisper's 10 special tokens")
     ap.add_argument("--max-steps", type=int, default=6000)
-    ap.add_argument("--max-minutes", type=float, default=35.0, help="stop early when this much time has passed")
+    ap.add_argument("--max-minutes", type=float, default=35.0,
+                    help="time budget: the learning rate decays to zero by then even if max-steps is not reached")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=150)
@@ -76,12 +77,18 @@ def main(argv=None):
 
     collate = WhisperCollator(processor, model.config.decoder_start_token_id)
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    train_start = time.time()
+    budget_s = args.max_minutes * 60 - (train_start - started)
+
+    def progress(step):  # cosine decay over whichever ends first: the steps or the time budget
+        return min(1.0, max(step / args.max_steps, (time.time() - train_start) / budget_s))
+
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / args.max_steps))))
+        1 + math.cos(math.pi * progress(s))))
     gen = torch.Generator().manual_seed(args.seed)
     model.train()
-    step, losses, train_start = 0, [], time.time()
-    while step < args.max_steps and time.time() - started < args.max_minutes * 60:
+    step, losses = 0, []
+    while step < args.max_steps and progress(step) < 1.0:
         for idx in torch.randperm(len(train_rows), generator=gen).split(args.batch_size):
             batch = collate([{"input_features": train_mels[i].float(), "labels": train_labels[i]} for i in idx.tolist()])
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -93,7 +100,7 @@ def main(argv=None):
             if step % 100 == 0:
                 print(f"step {step} loss {np.mean(losses[-100:]):.3f} lr {sched.get_last_lr()[0]:.2e} "
                       f"{(time.time() - train_start) / step:.3f} s/step", flush=True)
-            if step >= args.max_steps or time.time() - started > args.max_minutes * 60:
+            if progress(step) >= 1.0:
                 break
     train_s = time.time() - train_start
 

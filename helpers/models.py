@@ -6,6 +6,7 @@ weights are read and no remote code is ever run.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ class LoadedWhisper:
 
 
 def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = "transcribe",
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedWhisper:
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 load_in_8bit: bool = False) -> LoadedWhisper:
     """Load a Whisper checkpoint (hub id such as ``MediaTek-Research/Breeze-ASR-25`` or a local folder).
 
     Sets the language/task prompt on the tokenizer and the generation config, so that labels and
@@ -59,11 +61,21 @@ def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = 
     elif path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"model folder {source} does not exist (check run_dir and the earlier notebooks)")
     processor = WhisperProcessor.from_pretrained(source)
-    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    extra = {}
+    if load_in_8bit:  # LoRA on an 8-bit base: bitsandbytes and a CUDA GPU are needed
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise ImportError("load_in_8bit needs bitsandbytes: pip install bitsandbytes (CUDA GPUs only)") from err
+        if not torch.cuda.is_available():
+            raise RuntimeError("load_in_8bit needs a CUDA GPU; set load_in_8bit = False on this machine")
+        extra = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": 0}}
+    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     if model.config.model_type != "whisper":
         raise ValueError(f"{source} is a {model.config.model_type!r} model, not Whisper")
     set_prompt(model, processor, language=language, task=task)
-    return LoadedWhisper(model.to(device), processor, source)
+    return LoadedWhisper(model if load_in_8bit else model.to(device), processor, source)
 
 
 def set_prompt(model, processor, *, language: str = "zh", task: str = "transcribe") -> None:
@@ -79,8 +91,8 @@ def save_whisper(model, processor, out_dir: str | Path, *, dtype: torch.dtype | 
     """Save model (safetensors), processor and generation config in the standard layout."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if dtype is not None:
-        model = model.to(dtype)
+    if dtype is not None and dtype != model.dtype:
+        model = copy.deepcopy(model).to(dtype)  # the caller's model keeps its dtype
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
@@ -171,3 +183,25 @@ TINY_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "tiny-whisper
 def window_seconds(feature_extractor: WhisperFeatureExtractor) -> float:
     """Longest audio the model can take, in seconds (30 for Whisper, 5 for the tiny teacher)."""
     return feature_extractor.n_samples / feature_extractor.sampling_rate
+
+
+# Shapes of the real checkpoints (from their config.json files), for benchmarks and memory arithmetic
+# without downloading them. Breeze-ASR-25 is Whisper-large-v2 shaped.
+REAL_SHAPES = {
+    "whisper-small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12,
+                          decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
+    "breeze-asr-25": dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20,
+                          decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120),
+}
+
+
+def real_config(shape: str, **overrides) -> WhisperConfig:
+    """The WhisperConfig of a real checkpoint shape ("whisper-small" or "breeze-asr-25"): 51865 tokens, 80 mel bins, 30 s."""
+    return WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
+                         **{**REAL_SHAPES[shape], **overrides})
+
+
+def meta_model(config: WhisperConfig) -> WhisperForConditionalGeneration:
+    """A model of ``config`` on the meta device: exact shapes and parameter counts, no memory, no download."""
+    with torch.device("meta"):
+        return WhisperForConditionalGeneration(config)

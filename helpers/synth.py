@@ -129,11 +129,12 @@ def make_sentence(rng: random.Random, register: str = "mixed", max_syllables: in
     """Draw one sentence of the grammar; redraws until it has at most ``max_syllables`` syllables."""
     if register not in REGISTERS:
         raise ValueError(f"register must be one of {sorted(REGISTERS)}, got {register!r}")
-    while True:
+    for _ in range(1000):
         template = rng.choice(REGISTERS[register])
         text = template.format_map(_SlotFiller(rng))
         if syllables(text) <= max_syllables:
             return text
+    raise ValueError(f"the grammar makes no sentence of at most {max_syllables} syllables; allow more (10 or above)")
 
 
 class _SlotFiller(dict):

@@ -1,0 +1,87 @@
+"""Pictures and tables the notebooks show: data statistics, audio players, training curves.
+
+Plots carry no Chinese text (a CJK font is not on every machine); characters go into tables.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def split_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Utterances, hours and mean duration per split and source."""
+    rows = []
+    for name, part in splits.items():
+        for source, grp in part.groupby("source"):
+            rows.append({"split": name, "source": source, "utterances": len(grp),
+                         "hours": round(grp["duration"].sum() / 3600, 3),
+                         "mean duration (s)": round(grp["duration"].mean(), 2)})
+    return pd.DataFrame(rows).set_index(["split", "source"])
+
+
+def duration_histogram(splits: dict[str, pd.DataFrame], max_duration_s: float | None = None):
+    """Histogram of clip durations per split (seconds), with the model's window as a dashed line."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for name, part in splits.items():
+        axes[0].hist(part["duration"], bins=30, alpha=0.6, label=f"{name} ({len(part)})")
+        axes[1].hist(part["text"].str.len(), bins=range(0, int(part["text"].str.len().max()) + 3), alpha=0.6, label=name)
+    if max_duration_s:
+        axes[0].axvline(max_duration_s, color="k", ls="--", lw=1, label=f"window {max_duration_s:g} s")
+    axes[0].set(xlabel="duration (s)", ylabel="utterances", title="Audio length")
+    axes[1].set(xlabel="characters per transcript", ylabel="utterances", title="Transcript length")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def character_table(texts, top: int = 15) -> pd.DataFrame:
+    """The ``top`` most frequent characters (Latin letters grouped as words) with counts and share (%)."""
+    from .text import mixed_tokens
+
+    counts = Counter(tok for t in texts for tok in mixed_tokens(t, fold=None))
+    total = sum(counts.values())
+    return pd.DataFrame([{"token": tok, "count": n, "share %": round(100 * n / total, 2)}
+                         for tok, n in counts.most_common(top)])
+
+
+def audio_examples(rows: pd.DataFrame, n: int = 3):
+    """Audio players with their transcripts for the first ``n`` rows (an HTML block for the notebook)."""
+    from IPython.display import HTML, Audio
+
+    html = []
+    for rec in rows.head(n).to_dict("records"):
+        player = Audio(filename=rec["audio"])._repr_html_()
+        extra = ", ".join(f"{k} {rec[k]}" for k in ("speaker", "noise", "snr_db") if k in rec and pd.notna(rec[k]))
+        html.append(f"<p><b>{rec['text']}</b> <small>({rec['duration']:.2f} s{', ' + extra if extra else ''})</small></p>{player}")
+    return HTML("".join(html))
+
+
+def training_curves(records: list[dict], title: str = "training"):
+    """Loss (train and eval), eval CER and memory against the optimizer step, from ``LiveHistory`` records."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+
+    def series(key):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        return ([s for s, _ in pts], [v for _, v in pts]) if pts else None
+
+    for key, label in (("loss", "train"), ("eval_loss", "eval"), ("ce", "train CE"), ("kl", "train KL")):
+        if (xy := series(key)):
+            axes[0].plot(*xy, marker="." if key == "eval_loss" else None, label=label)
+    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: loss")
+    if (xy := series("eval_cer")):
+        axes[1].plot(*xy, marker="o", color="C3")
+        for x, y in zip(*xy):
+            axes[1].annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+    axes[1].set(xlabel="step", ylabel="CER (%)", title="eval CER (lower is better)")
+    for key, label in (("gpu_allocated_mb", "GPU allocated"), ("gpu_peak_mb", "GPU peak"), ("rss_mb", "process RSS (CPU)")):
+        if (xy := series(key)):
+            axes[2].plot(*xy, label=label)
+    axes[2].set(xlabel="step", ylabel="MB", title="memory")
+    for ax in (axes[0], axes[2]):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,211 @@
+"""Fine-tuning with the Hugging Face Seq2SeqTrainer: arguments from the notebook parameters, LoRA and
+8-bit options for small GPUs, CER as the metric, and a callback that records and draws training live.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from . import text
+from .collate import WhisperCollator
+from .config import dataloader_workers
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+def check_params(p) -> None:
+    """Refuse parameter sets that contradict each other, before any model is loaded."""
+    problems = []
+    if p.max_steps <= 0:
+        problems.append(f"max_steps must be positive, got {p.max_steps}")
+    if p.eval_steps <= 0 or p.save_steps <= 0:
+        problems.append(f"eval_steps and save_steps must be positive, got {p.eval_steps} and {p.save_steps}")
+    elif p.save_steps % p.eval_steps:
+        problems.append(f"save_steps ({p.save_steps}) must be a multiple of eval_steps ({p.eval_steps}): the best "
+                        "model is chosen at evaluations, and only saved checkpoints can be restored")
+    if p.fp16 and p.bf16:
+        problems.append("fp16 and bf16 are both True: choose one")
+    if p.load_in_8bit and not p.use_lora:
+        problems.append("load_in_8bit needs use_lora = True (an 8-bit base cannot be trained itself)")
+    if p.per_device_train_batch_size < 1 or p.gradient_accumulation_steps < 1:
+        problems.append("per_device_train_batch_size and gradient_accumulation_steps must be at least 1")
+    if problems:
+        raise ValueError("02_breeze_finetune parameters:\n  - " + "\n  - ".join(problems))
+
+
+def prepare_model(loaded, p):
+    """Apply the memory options to a loaded teacher: LoRA adapters on a frozen base, gradient checkpointing."""
+    model = loaded.model
+    model.config.use_cache = not p.gradient_checkpointing
+    if p.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if p.use_lora:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if p.load_in_8bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.gradient_checkpointing)
+        elif p.gradient_checkpointing:
+            model.enable_input_require_grads()
+        config = LoraConfig(r=p.lora_r, lora_alpha=2 * p.lora_r, lora_dropout=0.05, target_modules=LORA_TARGETS)
+        model = get_peft_model(model, config)
+    loaded.model = model
+    return loaded
+
+
+def cer_metric(tokenizer):
+    """``compute_metrics`` for the Trainer: corpus CER (percent) on normalised text, plus exact-match share."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def compute(eval_pred):
+        preds, labels = eval_pred.predictions, eval_pred.label_ids
+        preds = np.where(preds < 0, pad, preds)
+        labels = np.where(labels < 0, pad, labels)
+        hyp = tokenizer.batch_decode(preds, skip_special_tokens=True)
+        ref = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        exact = np.mean([text.normalize(a) == text.normalize(b) for a, b in zip(ref, hyp)])
+        return {"cer": text.cer(ref, hyp), "exact_match": 100.0 * float(exact)}
+
+    return compute
+
+
+def training_arguments(p, out_dir: Path) -> Seq2SeqTrainingArguments:
+    """Seq2SeqTrainingArguments from the notebook parameters (transformers 5 names)."""
+    cuda = torch.cuda.is_available()
+    return Seq2SeqTrainingArguments(
+        output_dir=str(out_dir), max_steps=p.max_steps, per_device_train_batch_size=p.per_device_train_batch_size,
+        per_device_eval_batch_size=p.per_device_eval_batch_size, gradient_accumulation_steps=p.gradient_accumulation_steps,
+        learning_rate=p.learning_rate, warmup_steps=p.warmup_steps, lr_scheduler_type="linear", weight_decay=0.0,
+        eval_strategy="steps", eval_steps=p.eval_steps, save_strategy="steps", save_steps=p.save_steps,
+        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="cer", greater_is_better=False,
+        predict_with_generate=True, generation_max_length=p.generation_max_length,
+        fp16=bool(p.fp16 and cuda), bf16=bool(p.bf16), logging_steps=max(1, min(25, p.eval_steps // 4)),
+        report_to=["tensorboard"], remove_unused_columns=False, label_names=["labels"], seed=p.seed,
+        dataloader_num_workers=dataloader_workers(), use_cpu=not cuda, disable_tqdm=False)
+
+
+def build_trainer(p, loaded, train_ds, eval_ds, out_dir: Path, callbacks: list | None = None) -> Seq2SeqTrainer:
+    """A Seq2SeqTrainer that fine-tunes ``loaded.model`` with CER-based early stopping."""
+    args = training_arguments(p, out_dir)
+    collator = WhisperCollator(loaded.processor, loaded.model.config.decoder_start_token_id)
+    return Seq2SeqTrainer(
+        model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+        processing_class=loaded.processor, compute_metrics=cer_metric(loaded.tokenizer),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), *(callbacks or [])])
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``out_dir`` (what ``resume = True`` continues from)."""
+    checkpoints = sorted(Path(out_dir).glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def memory_now() -> dict[str, float]:
+    """Memory in MB: GPU allocated and peak (``torch.cuda``) when CUDA is used, else this process's RSS."""
+    if torch.cuda.is_available():
+        return {"gpu_allocated_mb": torch.cuda.memory_allocated() / 2**20,
+                "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    import psutil
+
+    return {"rss_mb": psutil.Process(os.getpid()).memory_info().rss / 2**20}
+
+
+class LiveHistory(TrainerCallback):
+    """Records train/eval loss, eval metrics and memory at every log, writes ``history.json`` after each,
+    and, when ``live``, redraws one figure in place in the notebook while training runs."""
+
+    def __init__(self, history_file: str | Path, live: bool = True, title: str = "training"):
+        self.history_file = Path(history_file)
+        self.live, self.title = live, title
+        self.records: list[dict] = []
+        self._handle = None
+        self._started = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        record = {"step": state.global_step, "time_s": round(time.time() - self._started, 2),
+                  **{k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}, **memory_now()}
+        self.records.append(record)
+        tmp = self.history_file.with_name(self.history_file.name + ".tmp")
+        tmp.write_text(json.dumps(self.records, indent=1), "utf-8")
+        tmp.replace(self.history_file)
+        if self.live:
+            self._draw()
+
+    def _draw(self):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        from .plots import training_curves
+
+        fig = training_curves(self.records, self.title)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)
+
+
+def lora_parameter_count(model, r: int, targets=LORA_TARGETS) -> int:
+    """Parameters LoRA of rank ``r`` adds on the ``targets`` linear layers: r x (in + out) each."""
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
+
+
+def memory_budget(n_params: int, n_lora: int) -> "pd.DataFrame":
+    """Static GPU memory (GB, 1e9 bytes) of each fine-tuning recipe before activations.
+
+    Full fine-tuning with AdamW in mixed precision keeps fp32 weights (4 B), fp32 gradients (4 B) and two
+    fp32 Adam moments (8 B) per parameter: 16 B. LoRA keeps the base frozen in fp16 (2 B) or 8-bit (1 B)
+    and trains only the adapters (16 B each). Activations come on top: measure them (bench/).
+    """
+    import pandas as pd
+
+    rows = [("full fine-tuning, AdamW, mixed precision", 4 * n_params, 4 * n_params, 8 * n_params),
+            ("full fine-tuning, 8-bit Adam", 4 * n_params, 4 * n_params, 2 * n_params),
+            ("LoRA on a frozen fp16 base", 2 * n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora),
+            ("LoRA on a frozen 8-bit base", n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora)]
+    table = pd.DataFrame(rows, columns=["recipe", "weights", "gradients", "optimizer"]).set_index("recipe") / 1e9
+    table["total (GB)"] = table.sum(axis=1)
+    return table.round(2)
+
+
+def finetune(p, loaded, train_ds, eval_ds, out_dir: Path, live: bool = True):
+    """Train with the Trainer (resuming from the last checkpoint when ``p.resume``); returns (trainer, records)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = LiveHistory(out_dir / "history.json", live=live, title="fine-tuning")
+    trainer = build_trainer(p, loaded, train_ds, eval_ds, out_dir, [history])
+    checkpoint = last_checkpoint(out_dir) if p.resume else None
+    if p.resume and checkpoint is None:
+        print(f"resume = True but {out_dir} holds no checkpoint yet: starting from the base model")
+    if checkpoint and (out_dir / "history.json").exists():  # keep the curve of the interrupted run
+        history.records = [r for r in json.loads((out_dir / "history.json").read_text("utf-8"))
+                           if r["step"] <= int(checkpoint.rsplit("-", 1)[-1])]
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer, history.records
+
+
+def save_finetuned(loaded, p, out_dir: Path, metrics: dict) -> Path:
+    """Save the fine-tuned model as a plain Whisper checkpoint (LoRA merged in; the adapter saved beside
+    it in ``adapter/``), with processor, generation config and ``metrics.json``."""
+    from .models import load_whisper, save_whisper
+
+    model = loaded.model
+    if p.use_lora:
+        model.save_pretrained(out_dir / "adapter")
+        if p.load_in_8bit:  # an 8-bit base cannot take merged weights: merge into an fp16 copy of the base
+            from peft import PeftModel
+
+            base = load_whisper(p.base_model, dtype=torch.float16).model
+            model = PeftModel.from_pretrained(base, out_dir / "adapter")
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    save_whisper(model, loaded.processor, out_dir)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=2), "utf-8")
+    tmp.replace(out_dir / "metrics.json")
+    return out_dir

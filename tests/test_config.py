@@ -1,0 +1,155 @@
+"""Specification of helpers.config: the profile table and how a notebook's parameters are resolved.
+
+A parameters cell holds literals, ``None`` meaning "the profile's default"; resolve() fills those in,
+refuses names the notebook does not know, and makes run_dir an absolute path under the repository.
+"""
+import platform
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def test_tiny_profile_is_the_offline_cpu_default():
+    d = config.defaults("01_data")
+    assert (d["profile"], d["run_dir"], d["source"], d["num_train"], d["num_test"]) == (
+        "tiny", "runs/tiny", "synthetic", 600, 100)
+    assert d["max_duration_s"] == 5.0
+
+
+def test_tiny_profile_fine_tunes_the_local_tiny_teacher():
+    d = config.defaults("02_breeze_finetune", "tiny")
+    assert d["base_model"] == str(REPO / "assets" / "tiny-whisper-zh")
+    assert (d["fp16"], d["bf16"], d["use_lora"]) == (False, False, False)
+
+
+def test_gpu_8gb_profile_uses_common_voice_and_lora_on_breeze_in_fp16():
+    data = config.defaults("01_data", "gpu-8gb")
+    assert (data["source"], data["hub_dataset"], data["hub_config"]) == (
+        "hub", "mozilla-foundation/common_voice_17_0", "zh-TW")
+    assert (data["num_train"], data["max_duration_s"], data["run_dir"]) == (None, 30.0, "runs/gpu-8gb")
+    tune = config.defaults("02_breeze_finetune", "gpu-8gb")
+    assert (tune["base_model"], tune["use_lora"], tune["fp16"], tune["bf16"]) == (config.BREEZE, True, True, False)
+    # an effective batch of 2 x 8 = 16, the same as the full profile's 16 x 1
+    assert tune["per_device_train_batch_size"] * tune["gradient_accumulation_steps"] == 16
+
+
+def test_full_profile_fine_tunes_all_of_breeze_in_bf16():
+    tune = config.defaults("02_breeze_finetune", "full")
+    assert (tune["use_lora"], tune["bf16"], tune["fp16"], tune["learning_rate"]) == (False, True, False, 1e-5)
+    assert tune["run_dir"] == "runs/full" and tune["profile"] == "full"
+
+
+def test_defaults_hold_only_the_notebooks_own_parameters_and_the_common_ones():
+    # a profile value for another notebook's parameter (base_model) does not leak into 01_data
+    d = config.defaults("01_data", "full")
+    assert "base_model" not in d
+    assert set(d) == set(config.COMMON) | set(config.NOTEBOOK_PARAMS["01_data"])
+
+
+def test_every_profile_names_only_known_parameters():
+    known = set(config.COMMON).union(*config.NOTEBOOK_PARAMS.values())
+    for name, table in config.PROFILES.items():
+        assert set(table) <= known, name
+
+
+def test_defaults_refuse_an_unknown_profile_naming_the_known_ones():
+    with pytest.raises(ValueError, match=re.escape("['full', 'gpu-8gb', 'tiny']")):
+        config.defaults("01_data", "huge")
+
+
+def test_defaults_refuse_an_unknown_notebook():
+    with pytest.raises(KeyError, match="unknown notebook '09_nothing'"):
+        config.defaults("09_nothing")
+
+
+# ---------------------------------------------------------------- resolve
+
+
+def test_resolve_fills_none_from_the_profile():
+    p = config.resolve("01_data", {"profile": "gpu-8gb", "source": None, "max_duration_s": None})
+    assert (p.source, p.max_duration_s) == ("hub", 30.0)
+
+
+def test_resolve_keeps_explicit_values_over_the_profile():
+    p = config.resolve("01_data", {"profile": "gpu-8gb", "source": "csv", "max_duration_s": 12.0})
+    assert (p.source, p.max_duration_s) == ("csv", 12.0)
+
+
+def test_resolve_fills_parameters_left_out_entirely():
+    p = config.resolve("02_breeze_finetune", {"profile": "full"})
+    assert (p.max_steps, p.bf16, p.language) == (5000, True, "zh")
+
+
+def test_resolve_without_a_profile_uses_tiny():
+    p = config.resolve("01_data", {})
+    assert (p.profile, p.source, p.num_train) == ("tiny", "synthetic", 600)
+
+
+def test_resolve_keeps_false_and_zero_which_are_not_none():
+    p = config.resolve("02_breeze_finetune", {"profile": "gpu-8gb", "fp16": False, "warmup_steps": 0})
+    assert (p.fp16, p.warmup_steps) == (False, 0)
+
+
+def test_resolve_refuses_unknown_names_and_names_them():
+    with pytest.raises(ValueError, match=re.escape("unknown parameter(s) ['max_step', 'sorce']")):
+        config.resolve("01_data", {"sorce": "csv", "max_step": 3})
+
+
+def test_resolve_refuses_another_notebooks_parameter():
+    with pytest.raises(ValueError, match=re.escape("01_data: unknown parameter(s) ['max_steps']")):
+        config.resolve("01_data", {"max_steps": 3})
+
+
+def test_resolve_lists_the_known_names_when_refusing():
+    with pytest.raises(ValueError, match=r"known: \[.*'num_train'.*\]"):
+        config.resolve("01_data", {"nmu_train": 3})
+
+
+def test_run_dir_left_at_the_tiny_literal_follows_the_profile():
+    p = config.resolve("01_data", {"profile": "gpu-8gb", "run_dir": "runs/tiny"})
+    assert p.run_dir == REPO / "runs" / "gpu-8gb"
+
+
+def test_run_dir_of_the_tiny_profile_is_runs_tiny_under_the_repo():
+    assert config.resolve("01_data", {"profile": "tiny", "run_dir": "runs/tiny"}).run_dir == REPO / "runs" / "tiny"
+
+
+def test_an_explicit_run_dir_other_than_the_tiny_literal_is_kept():
+    p = config.resolve("01_data", {"profile": "gpu-8gb", "run_dir": "runs/my_experiment"})
+    assert p.run_dir == REPO / "runs" / "my_experiment"
+
+
+def test_a_relative_run_dir_is_resolved_against_the_repo_root_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # notebooks run with the notebooks/ folder as cwd
+    p = config.resolve("01_data", {"run_dir": "runs/here"})
+    assert p.run_dir == REPO / "runs" / "here" and p.run_dir.is_absolute()
+
+
+def test_an_absolute_run_dir_is_kept(tmp_path):
+    assert config.resolve("01_data", {"run_dir": str(tmp_path)}).run_dir == tmp_path
+
+
+def test_repo_path_expands_the_home_folder():
+    assert config.repo_path("~/x") == Path.home() / "x"
+
+
+def test_notebook_params_picks_the_notebooks_parameters_out_of_a_namespace():
+    namespace = {"profile": "tiny", "source": "csv", "num_train": None, "np": object(), "_": 1}
+    p = config.notebook_params("01_data", namespace)
+    assert (p.source, p.num_train) == ("csv", 600)
+
+
+def test_dataloader_workers_is_zero_on_spawn_platforms_and_at_most_two_elsewhere(monkeypatch):
+    for system in ("Windows", "Darwin"):
+        monkeypatch.setattr(platform, "system", lambda s=system: s)
+        assert config.dataloader_workers() == 0
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    assert 1 <= config.dataloader_workers() <= 2

@@ -1,0 +1,545 @@
+"""Specification of helpers.data: one manifest format from a CSV, a hub-style dataset or the synthetic corpus.
+
+Audio here is mostly sine tones written with soundfile (instant); only the synthetic end-to-end run
+uses espeak (9 clips, shared with other test modules through tests/fixtures.py).
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from helpers import config, data
+from tests.fixtures import synthetic_run, write_tone  # noqa: F401  (synthetic_run is a fixture)
+
+HEADER = "file,中文意譯\n"
+CSV_ROWS = [("audio/a.wav", "今天天氣很好"), ("audio/b.wav", "我們去台北車站")]
+
+
+def csv_text(rows=CSV_ROWS, header=HEADER):
+    return header + "".join(f"{a},{t}\n" for a, t in rows)
+
+
+def manifest_rows(*records):
+    """Hand-made manifest rows: (audio, text) pairs with the columns read_csv produces."""
+    return pd.DataFrame({"audio": [a for a, _ in records], "text": [t for _, t in records],
+                         "duration": float("nan"), "split": "train", "source": "csv",
+                         "row": range(2, len(records) + 2)})
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache_in_tmp(tmp_path, monkeypatch):
+    """``datasets`` writes Arrow caches of what it loads: keep them out of the user's cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets_cache")
+
+
+# ---------------------------------------------------------------- read_csv: encodings
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp950"])
+def test_read_csv_reads_the_same_rows_from_utf8_utf8_with_bom_and_cp950(tmp_path, encoding):
+    reference = tmp_path / "reference.csv"
+    reference.write_text(csv_text(), encoding="utf-8")
+    encoded = tmp_path / f"{encoding}.csv"
+    encoded.write_bytes(csv_text().encode(encoding))
+    pd.testing.assert_frame_equal(data.read_csv(encoded), data.read_csv(reference))
+
+
+def test_read_csv_strips_the_utf8_byte_order_mark_from_the_first_column_name(tmp_path):
+    # with the BOM left in, the first column would be "\ufefffile" and "file" would be missing
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + csv_text().encode("utf-8"))
+    assert data.read_csv(path)["text"].tolist() == ["今天天氣很好", "我們去台北車站"]
+
+
+def test_read_csv_falls_back_to_big5_hkscs_for_characters_cp950_lacks(tmp_path):
+    # 堃 and 喆 (common in Taiwanese given names) are in Big5-HKSCS but not in cp950
+    path = tmp_path / "hkscs.csv"
+    path.write_bytes(csv_text([("a.wav", "王小堃和李喆")]).encode("big5hkscs"))
+    assert data.read_csv(path)["text"].tolist() == ["王小堃和李喆"]
+
+
+def test_read_csv_with_an_explicit_wrong_encoding_raises_a_clear_value_error(tmp_path):
+    path = tmp_path / "big5.csv"
+    path.write_bytes(csv_text().encode("cp950"))
+    with pytest.raises(ValueError, match="cannot decode the file as utf-8; save it as UTF-8, or give its encoding"):
+        data.read_csv(path, encoding="utf-8")
+
+
+def test_read_csv_with_an_explicit_right_encoding_reads_it(tmp_path):
+    path = tmp_path / "big5.csv"
+    path.write_bytes(csv_text().encode("cp950"))
+    assert data.read_csv(path, encoding="cp950")["text"].tolist() == ["今天天氣很好", "我們去台北車站"]
+
+
+def test_read_csv_of_bytes_no_encoding_decodes_raises_a_value_error_naming_the_encodings_tried(tmp_path):
+    # 0xFF starts no character in UTF-8, cp950 or Big5-HKSCS
+    path = tmp_path / "garbage.csv"
+    path.write_bytes(HEADER.encode("utf-8") + b"a.wav,\xff\xff\xff\n")
+    with pytest.raises(ValueError, match="utf-8-sig or cp950 or big5hkscs"):
+        data.read_csv(path)
+
+
+def test_read_csv_of_a_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.read_csv(tmp_path / "nothing.csv")
+
+
+# ---------------------------------------------------------------- read_csv: columns and rows
+
+
+def test_read_csv_missing_columns_raise_a_value_error_naming_the_columns_found(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("path,sentence\na.wav,你好\n", encoding="utf-8")
+    expected = "no column(s) ['file', '中文意譯']; the file has columns ['path', 'sentence']"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        data.read_csv(path)
+
+
+def test_read_csv_takes_other_column_names_when_told(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("path,sentence\na.wav,你好\n", encoding="utf-8")
+    assert data.read_csv(path, audio_column="path", text_column="sentence")["text"].tolist() == ["你好"]
+
+
+def test_read_csv_resolves_relative_audio_paths_against_the_csv_folder_not_the_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    path = folder / "list.csv"
+    path.write_text(csv_text([("audio/a.wav", "一"), ("../elsewhere/b.wav", "二")]), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # somewhere else than the CSV's folder
+    assert data.read_csv(path)["audio"].tolist() == [str((folder / "audio" / "a.wav").resolve()),
+                                                    str((tmp_path / "elsewhere" / "b.wav").resolve())]
+
+
+def test_read_csv_keeps_absolute_audio_paths_and_leaves_blank_ones_blank(tmp_path):
+    absolute = str((tmp_path / "x" / "a.wav").resolve())
+    path = tmp_path / "list.csv"
+    path.write_text(csv_text([(absolute, "一"), ("  ", "二")]), encoding="utf-8")
+    assert data.read_csv(path)["audio"].tolist() == [absolute, ""]
+
+
+def test_read_csv_returns_manifest_rows_with_csv_line_numbers(tmp_path):
+    # header is line 1, so the two data rows are lines 2 and 3
+    path = tmp_path / "list.csv"
+    path.write_text(csv_text([("a.wav", "  前後有空白  "), ("b.wav", "二")]), encoding="utf-8")
+    rows = data.read_csv(path, split="test")
+    assert list(rows.columns) == ["audio", "text", "duration", "split", "source", "row"]
+    assert rows["text"].tolist() == ["前後有空白", "二"]
+    assert rows["row"].tolist() == [2, 3]
+    assert rows["split"].tolist() == ["test", "test"] and rows["source"].tolist() == ["csv", "csv"]
+    assert rows["duration"].isna().all()  # filled in by check_rows
+
+
+def test_read_csv_keeps_a_numeric_looking_transcript_as_text(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text(csv_text([("a.wav", "0911"), ("b.wav", "")]), encoding="utf-8")
+    assert data.read_csv(path)["text"].tolist() == ["0911", ""]
+
+
+# ---------------------------------------------------------------- check_rows: hand-made rows
+
+
+def test_check_rows_keeps_a_good_row_with_its_duration_from_the_file_header(tmp_path):
+    wav = write_tone(tmp_path / "good.wav", 1.5)
+    kept, skipped = data.check_rows(manifest_rows((str(wav), "你好")), max_duration_s=5.0)
+    assert kept["duration"].tolist() == [1.5]  # 24000 frames / 16000 Hz
+    assert kept["text"].tolist() == ["你好"] and skipped.empty
+
+
+def _reason(rows, max_duration_s=5.0):
+    kept, skipped = data.check_rows(rows, max_duration_s)
+    assert kept.empty and len(skipped) == 1
+    return skipped["reason"].iloc[0]
+
+
+def test_check_rows_skips_a_row_without_audio_path():
+    assert _reason(manifest_rows(("", "你好"))) == "no audio file named"
+
+
+def test_check_rows_skips_a_row_whose_file_is_missing(tmp_path):
+    assert _reason(manifest_rows((str(tmp_path / "gone.wav"), "你好"))) == "missing file"
+
+
+def test_check_rows_skips_unreadable_audio_with_libsndfiles_reason(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("this is not audio", "utf-8")
+    reason = _reason(manifest_rows((str(bad), "你好")))
+    assert reason.startswith("unreadable audio (") and str(tmp_path) not in reason
+
+
+def test_check_rows_skips_an_audio_file_without_samples(tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16_000)
+    assert _reason(manifest_rows((str(empty), "你好"))) == "empty audio"
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_check_rows_skips_an_empty_transcript(tmp_path, text):
+    wav = write_tone(tmp_path / "good.wav", 1.0)
+    assert _reason(manifest_rows((str(wav), text))) == "empty transcript"
+
+
+@pytest.mark.parametrize("text", [None, float("nan")])
+def test_check_rows_skips_a_missing_transcript(tmp_path, text):
+    wav = write_tone(tmp_path / "good.wav", 1.0)
+    assert _reason(manifest_rows((str(wav), text))) == "empty transcript"
+
+
+def test_check_rows_skips_audio_longer_than_the_maximum(tmp_path):
+    wav = write_tone(tmp_path / "long.wav", 3.0)
+    assert _reason(manifest_rows((str(wav), "你好")), max_duration_s=2.5) == "longer than 2.5 s"
+
+
+def test_check_rows_without_a_maximum_keeps_long_audio(tmp_path):
+    wav = write_tone(tmp_path / "long.wav", 3.0)
+    kept, _ = data.check_rows(manifest_rows((str(wav), "你好")), max_duration_s=None)
+    assert kept["duration"].tolist() == [3.0]
+
+
+def test_check_rows_reports_the_row_number_split_and_source_of_a_skipped_row(tmp_path):
+    rows = manifest_rows((str(tmp_path / "gone.wav"), "你好"))
+    _, skipped = data.check_rows(rows, 5.0)
+    assert skipped.to_dict("records") == [{"audio": str(tmp_path / "gone.wav"), "row": 2, "split": "train",
+                                            "source": "csv", "reason": "missing file"}]
+
+
+def test_check_rows_with_no_usable_rows_returns_an_empty_table_with_the_manifest_columns():
+    kept, skipped = data.check_rows(manifest_rows(("", "你好")), 5.0)
+    assert kept.empty and list(kept.columns) == ["audio", "text", "duration", "split", "source", "row"]
+
+
+# ---------------------------------------------------------------- check_rows: the messy CSV
+
+
+@pytest.fixture
+def messy_csv(tmp_path):
+    """write_messy_csv from two good tone clips (1.0 s and 1.5 s): the long clip is 3 x 2.5 = 7.5 s."""
+    good = pd.DataFrame({"audio": [str(write_tone(tmp_path / "src" / "a.wav", 1.0)),
+                                   str(write_tone(tmp_path / "src" / "b.wav", 1.5, freq=660))],
+                         "text": ["第一句", "第二句"]})
+    return data.write_messy_csv(tmp_path / "messy", good)
+
+
+def test_messy_csv_is_written_in_cp950(messy_csv):
+    raw = messy_csv.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    assert raw.decode("cp950").startswith("file,中文意譯")
+
+
+def test_check_rows_keeps_only_the_good_rows_of_the_messy_csv(messy_csv):
+    kept, _ = data.check_rows(data.read_csv(messy_csv), max_duration_s=5.0)
+    assert kept["text"].tolist() == ["第一句", "第二句"]
+    assert kept["duration"].tolist() == [1.0, 1.5]
+
+
+def test_check_rows_gives_each_bad_row_of_the_messy_csv_its_reason(messy_csv):
+    _, skipped = data.check_rows(data.read_csv(messy_csv), max_duration_s=5.0)
+    # lines 2-3 are the good clips; then one row per problem, in this order
+    assert skipped["row"].tolist() == [4, 5, 6, 7, 8]
+    assert skipped["reason"].tolist()[:3] == ["missing file", "empty transcript", "empty audio"]
+    assert skipped["reason"].iloc[3].startswith("unreadable audio (")
+    assert skipped["reason"].iloc[4] == "longer than 5 s"
+
+
+# ---------------------------------------------------------------- holdout_split and take
+
+
+def ten_rows():
+    return pd.DataFrame({"audio": [f"/{i}.wav" for i in range(10)], "text": list("一二三四五六七八九十"),
+                         "split": "train"})
+
+
+def test_holdout_split_marks_the_requested_fraction_as_test():
+    split = data.holdout_split(ten_rows(), 0.3)
+    assert (split["split"] == "test").sum() == 3  # round(10 * 0.3)
+    assert (split["split"] == "train").sum() == 7
+
+
+def test_holdout_split_holds_out_at_least_one_row():
+    # round(10 * 0.01) = 0, raised to 1 so the test split is never empty
+    assert (data.holdout_split(ten_rows(), 0.01)["split"] == "test").sum() == 1
+
+
+def test_holdout_split_is_deterministic_for_a_seed_and_varies_with_it():
+    first = data.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist()
+    assert data.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist() == first
+    others = {tuple(data.holdout_split(ten_rows(), 0.3, seed=s)["split"]) for s in range(1, 6)}
+    assert others != {tuple(first)}
+
+
+def test_holdout_split_leaves_its_input_unchanged():
+    rows = ten_rows()
+    data.holdout_split(rows, 0.5)
+    assert rows["split"].tolist() == ["train"] * 10
+
+
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
+def test_holdout_split_rejects_a_fraction_outside_0_to_1(fraction):
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.holdout_split(ten_rows(), fraction)
+
+
+def both_splits():
+    rows = ten_rows()
+    rows["split"] = ["train"] * 7 + ["test"] * 3
+    return rows
+
+
+def test_take_returns_all_rows_of_the_split_when_n_is_none():
+    part = data.take(both_splits(), "test", None)
+    assert part["text"].tolist() == ["八", "九", "十"]
+    assert part.index.tolist() == [0, 1, 2]
+
+
+def test_take_samples_n_rows_deterministically_in_their_original_order():
+    first = data.take(both_splits(), "train", 4, seed=0)
+    assert len(first) == 4
+    assert first["text"].tolist() == data.take(both_splits(), "train", 4, seed=0)["text"].tolist()
+    order = [list("一二三四五六七").index(t) for t in first["text"]]
+    assert order == sorted(order)
+
+
+def test_take_with_n_above_the_split_size_returns_the_whole_split():
+    assert len(data.take(both_splits(), "train", 100)) == 7
+
+
+# ---------------------------------------------------------------- save_manifests / load_manifest
+
+
+def test_saved_manifests_load_back_unchanged_with_text_kept_as_text(tmp_path):
+    # "007" and "2024" must not become numbers, nor "true" a bool
+    manifest = pd.DataFrame({"audio": ["/a.wav", "/b.wav", "/c.wav"], "text": ["007", "2024", "true"],
+                             "duration": [1.0, 2.5, 3.0], "split": "train", "source": "csv", "row": [2, 3, 4]})
+    skipped = pd.DataFrame(columns=["audio", "row", "split", "source", "reason"])
+    data.save_manifests(tmp_path, {"train": manifest}, skipped, {"source": "csv"})
+    pd.testing.assert_frame_equal(data.load_manifest(tmp_path, "train"), manifest, check_dtype=False)
+    assert data.load_manifest(tmp_path, "train")["text"].tolist() == ["007", "2024", "true"]
+
+
+def test_save_manifests_writes_one_jsonl_per_split_and_the_skipped_table_and_report(tmp_path):
+    part = pd.DataFrame({"audio": ["/a.wav"], "text": ["你好"], "duration": [1.0], "split": "train", "source": "csv"})
+    skipped = pd.DataFrame([{"audio": "", "row": 3, "split": "train", "source": "csv", "reason": "no audio file named"}])
+    out = data.save_manifests(tmp_path / "data", {"train": part, "test": part}, skipped, {"note": "報告"})
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "skipped.csv", "test.jsonl", "train.jsonl"]
+    assert json.loads((out / "report.json").read_text("utf-8")) == {"note": "報告"}
+    assert pd.read_csv(out / "skipped.csv")["reason"].tolist() == ["no audio file named"]
+
+
+def test_load_manifest_of_a_split_never_written_says_to_run_notebook_01(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run notebook 01_data"):
+        data.load_manifest(tmp_path, "train")
+
+
+# ---------------------------------------------------------------- load_hub through a local dataset folder
+
+
+def _parquet_dataset(folder: Path, splits: dict[str, dict]) -> Path:
+    """Save ``{split: columns}`` as ``folder/data/<split>-00000-of-00001.parquet``, the hub's layout."""
+    import datasets
+
+    (folder / "data").mkdir(parents=True)
+    for split, columns in splits.items():
+        ds = datasets.Dataset.from_dict(columns).cast_column("audio", datasets.Audio(decode=False))
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+@pytest.fixture
+def tones(tmp_path):
+    """Three tone files of 0.5, 1.0 and 1.5 s."""
+    return [write_tone(tmp_path / "tones" / f"t{i}.wav", 0.5 * (i + 1), freq=300 + 100 * i) for i in range(3)]
+
+
+@pytest.fixture
+def path_dataset(tmp_path, tones):
+    """A local dataset whose audio column holds file paths (no bytes), like a dataset made from files."""
+    return _parquet_dataset(tmp_path / "path_ds", {
+        "train": {"audio": [str(t) for t in tones[:2]], "sentence": ["第一句", "第二句"]},
+        "test": {"audio": [str(tones[2])], "sentence": ["第三句"]}})
+
+
+@pytest.fixture
+def bytes_dataset(tmp_path, tones):
+    """A local dataset whose audio column embeds the bytes under bare file names, as hub datasets do."""
+    audio = [{"bytes": t.read_bytes(), "path": f"clip_{i}.wav"} for i, t in enumerate(tones)]
+    return _parquet_dataset(tmp_path / "bytes_ds", {
+        "train": {"audio": audio[:2], "sentence": ["第一句", None]},
+        "test": {"audio": audio[2:], "sentence": ["第三句"]}})
+
+
+def test_a_parquet_dataset_made_from_files_stores_paths_not_bytes(path_dataset, tones):
+    # what load_hub must cope with: Dataset.to_parquet does not embed external audio files
+    import datasets
+
+    ds = datasets.load_dataset(str(path_dataset), split="train")
+    assert ds.column_names == ["audio", "sentence"]
+    assert ds[0]["audio"] == {"bytes": None, "path": str(tones[0])}
+
+
+def test_load_hub_takes_audio_paths_as_they_are(path_dataset, tones, tmp_path):
+    rows = data.load_hub(str(path_dataset), None, "train", "audio", "sentence", tmp_path / "out")
+    assert rows["audio"].tolist() == [str(tones[0].resolve()), str(tones[1].resolve())]
+    assert rows["text"].tolist() == ["第一句", "第二句"]
+    assert rows["split"].tolist() == ["train", "train"] and rows["source"].tolist() == ["hub", "hub"]
+    assert rows["row"].tolist() == [0, 1]
+    assert list((tmp_path / "out" / "train").iterdir()) == []  # nothing copied
+
+
+def test_load_hub_writes_embedded_bytes_to_files_under_the_split_name(bytes_dataset, tones, tmp_path):
+    rows = data.load_hub(str(bytes_dataset), None, "train", "audio", "sentence", tmp_path / "out", "fit")
+    out = (tmp_path / "out" / "fit").resolve()
+    assert rows["audio"].tolist() == [str(out / "000000.wav"), str(out / "000001.wav")]
+    assert rows["split"].tolist() == ["fit", "fit"]
+    assert Path(rows["audio"][1]).read_bytes() == tones[1].read_bytes()
+
+
+def test_load_hub_turns_a_missing_transcript_into_an_empty_one(bytes_dataset, tmp_path):
+    rows = data.load_hub(str(bytes_dataset), None, "train", "audio", "sentence", tmp_path / "out")
+    assert rows["text"].tolist() == ["第一句", ""]
+
+
+def test_load_hub_names_the_columns_a_dataset_has_when_one_is_missing(path_dataset, tmp_path):
+    with pytest.raises(ValueError, match=re.escape("has no column(s) ['text']; it has ['audio', 'sentence']")):
+        data.load_hub(str(path_dataset), None, "train", "audio", "text", tmp_path / "out")
+
+
+def test_load_hub_explains_a_dataset_that_cannot_be_loaded(tmp_path):
+    with pytest.raises(RuntimeError, match="could not load hub dataset .*use source='csv'"):
+        data.load_hub(str(tmp_path / "no_such_dataset"), None, "train", "audio", "sentence", tmp_path / "out")
+
+
+def test_load_hub_into_a_used_folder_gives_each_row_its_own_datasets_audio(tmp_path, tones):
+    first = _parquet_dataset(tmp_path / "first", {"train": {
+        "audio": [{"bytes": tones[0].read_bytes(), "path": "a.wav"}], "sentence": ["舊的"]}})
+    second = _parquet_dataset(tmp_path / "second", {"train": {
+        "audio": [{"bytes": tones[2].read_bytes(), "path": "b.wav"}], "sentence": ["新的"]}})
+    data.load_hub(str(first), None, "train", "audio", "sentence", tmp_path / "out")
+    rows = data.load_hub(str(second), None, "train", "audio", "sentence", tmp_path / "out")
+    assert Path(rows["audio"][0]).read_bytes() == tones[2].read_bytes()
+
+
+# ---------------------------------------------------------------- prepare: synthetic
+
+
+def test_prepare_synthetic_gives_the_requested_numbers_of_clips(synthetic_run):
+    _, result = synthetic_run
+    assert (len(result["train"]), len(result["test"])) == (6, 3)
+    assert result["skipped"].empty
+
+
+def test_prepare_synthetic_rows_point_to_existing_audio_within_the_length_limit(synthetic_run):
+    params, result = synthetic_run
+    for part in (result["train"], result["test"]):
+        assert all(Path(a).is_absolute() and Path(a).is_file() for a in part["audio"])
+        assert ((part["duration"] > 0.5) & (part["duration"] <= params.max_duration_s)).all()
+        assert (part["source"] == "synthetic").all() and part["text"].str.len().gt(0).all()
+
+
+def test_prepare_synthetic_keeps_test_voices_out_of_train(synthetic_run):
+    _, result = synthetic_run
+    assert not set(result["train"]["voice"]) & set(result["test"]["voice"])
+
+
+def test_prepare_writes_manifests_that_load_back(synthetic_run):
+    params, result = synthetic_run
+    data_dir = Path(params.run_dir) / "data"
+    for split in ("train", "test"):
+        assert data.load_manifest(data_dir, split)["text"].tolist() == result[split]["text"].tolist()
+    assert json.loads((data_dir / "report.json").read_text("utf-8")) == result["report"]
+
+
+def test_prepare_report_counts_utterances_and_hours(synthetic_run):
+    _, result = synthetic_run
+    train = result["report"]["splits"]["train"]
+    assert train["utterances"] == 6
+    assert train["hours"] == pytest.approx(result["train"]["duration"].sum() / 3600, abs=1e-4)
+    assert result["report"]["skipped"]["total"] == 0
+
+
+# ---------------------------------------------------------------- prepare: csv and hub
+
+
+def _tone_csv(folder: Path, name: str, n: int, first: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(first, first + n):
+        write_tone(folder / "audio" / f"c{i}.wav", 0.5 + 0.1 * i, freq=200 + 20 * i)
+        lines.append((f"audio/c{i}.wav", f"第{i}句"))
+    path = folder / name
+    path.write_text(csv_text(lines), encoding="utf-8")
+    return path
+
+
+def test_prepare_csv_without_a_test_csv_holds_out_a_test_split(tmp_path):
+    train_csv = _tone_csv(tmp_path / "csv", "train.csv", 10)
+    p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_fraction": 0.2,
+                                   "run_dir": str(tmp_path / "run")})
+    result = data.prepare(p)
+    assert (len(result["train"]), len(result["test"])) == (8, 2)  # round(10 * 0.2) = 2 held out
+    texts = set(result["train"]["text"]) | set(result["test"]["text"])
+    assert texts == {f"第{i}句" for i in range(10)}
+    assert (Path(p.run_dir) / "data" / "test.jsonl").is_file()
+
+
+def test_prepare_csv_with_a_test_csv_takes_the_splits_from_the_files(tmp_path):
+    train_csv = _tone_csv(tmp_path / "csv", "train.csv", 4)
+    test_csv = _tone_csv(tmp_path / "csv", "test.csv", 2, first=4)
+    p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_csv": str(test_csv),
+                                   "run_dir": str(tmp_path / "run")})
+    result = data.prepare(p)
+    assert result["train"]["text"].tolist() == ["第0句", "第1句", "第2句", "第3句"]
+    assert result["test"]["text"].tolist() == ["第4句", "第5句"]
+
+
+def test_prepare_csv_reports_the_messy_rows_it_skipped(tmp_path, messy_csv):
+    test_csv = _tone_csv(tmp_path / "csv", "test.csv", 2)
+    p = config.resolve("01_data", {"source": "csv", "train_csv": str(messy_csv), "test_csv": str(test_csv),
+                                   "run_dir": str(tmp_path / "run")})
+    result = data.prepare(p)
+    assert len(result["train"]) == 2 and len(result["skipped"]) == 5
+    assert result["report"]["skipped"]["total"] == 5
+    assert result["report"]["skipped"]["by_reason"]["missing file"] == 1
+    assert pd.read_csv(Path(p.run_dir) / "data" / "skipped.csv")["row"].tolist() == [4, 5, 6, 7, 8]
+
+
+def test_prepare_csv_without_train_csv_says_what_it_needs(tmp_path):
+    p = config.resolve("01_data", {"source": "csv", "run_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="needs train_csv"):
+        data.prepare(p)
+
+
+def test_prepare_refuses_an_unknown_source(tmp_path):
+    p = config.resolve("01_data", {"source": "ftp", "run_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="source must be 'synthetic', 'csv' or 'hub'"):
+        data.prepare(p)
+
+
+def test_prepare_stops_when_a_split_has_no_usable_rows(tmp_path):
+    train_csv = _tone_csv(tmp_path / "csv", "train.csv", 2)
+    test_csv = tmp_path / "csv" / "test.csv"
+    test_csv.write_text(csv_text([("audio/missing.wav", "不存在")]), encoding="utf-8")
+    p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_csv": str(test_csv),
+                                   "run_dir": str(tmp_path / "run")})
+    with pytest.raises(ValueError, match="no usable test rows"):
+        data.prepare(p)
+
+
+def test_prepare_hub_reads_both_splits_of_a_local_dataset_folder(tmp_path, path_dataset):
+    p = config.resolve("01_data", {"source": "hub", "hub_dataset": str(path_dataset), "run_dir": str(tmp_path / "run")})
+    result = data.prepare(p)
+    assert result["train"]["text"].tolist() == ["第一句", "第二句"]
+    assert result["test"]["text"].tolist() == ["第三句"]
+    assert result["test"]["duration"].tolist() == [1.5]
+
+
+def test_prepare_hub_without_a_dataset_says_what_it_needs(tmp_path):
+    p = config.resolve("01_data", {"source": "hub", "run_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="needs hub_dataset"):
+        data.prepare(p)
