@@ -30,6 +30,9 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                                gradient_checkpointing=False, use_lora=False, lora_r=32, load_in_8bit=False,
                                generation_max_length=96, per_device_eval_batch_size=32, resume=False,
                                language="zh", task="transcribe"),
+    "03_pseudo_label": dict(teacher=None, cer_threshold=20.0, batch_size=32, cache_encoder_outputs=True),
+    "04_student_init": dict(teacher=None, student_source="teacher", decoder_layers=2, encoder_layers=None,
+                            batch_size=32),
 }
 
 # What each profile changes; everything not named here keeps the tiny default above.
@@ -41,13 +44,14 @@ PROFILES: dict[str, dict] = {
         per_device_train_batch_size=2,
         gradient_accumulation_steps=8, learning_rate=1e-4, warmup_steps=100, eval_steps=500, save_steps=500,
         fp16=True, gradient_checkpointing=True, use_lora=True, generation_max_length=448,
-        per_device_eval_batch_size=8),
+        per_device_eval_batch_size=8, batch_size=8, cache_encoder_outputs=False, cer_threshold=10.0),
     "full": dict(
         run_dir="runs/full", source="hub", hub_dataset="mozilla-foundation/common_voice_17_0", hub_config="zh-TW",
         num_train=None, num_test=None, max_duration_s=30.0, base_model=BREEZE, max_steps=5000,
         per_device_train_batch_size=16,
         gradient_accumulation_steps=1, learning_rate=1e-5, warmup_steps=500, eval_steps=500, save_steps=500,
-        bf16=True, gradient_checkpointing=True, generation_max_length=448, per_device_eval_batch_size=32),
+        bf16=True, gradient_checkpointing=True, generation_max_length=448, per_device_eval_batch_size=32,
+        batch_size=32, cache_encoder_outputs=False, cer_threshold=10.0),
 }
 
 

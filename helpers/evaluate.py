@@ -51,3 +51,23 @@ def score(references: list[str], predictions: list[str], fold: str | None = "t2s
     exact = np.mean([text.normalize(r, fold=fold) == text.normalize(p, fold=fold) for r, p in zip(references, predictions)])
     return {"cer": text.cer(references, predictions, fold=fold), "wer": text.wer(references, predictions, fold=fold),
             "mer": text.mer(references, predictions, fold=fold), "exact_match": 100.0 * float(exact)}
+
+
+def compare_speed(models: dict, manifest: pd.DataFrame, batch_size: int = 16, rounds: int = 2,
+                  warmup: int = 4) -> pd.DataFrame:
+    """Decoding speed of several models on the same clips, same batch size, same device, side by side.
+
+    Each model first decodes ``warmup`` clips (not timed); then the models take turns for ``rounds`` rounds
+    over all clips and the fastest round of each counts (the least disturbed by other work). ``models``
+    maps a name to a LoadedWhisper. Returns RTFx (audio seconds per second) and wall seconds per model,
+    and the transcripts of the last round (for scoring).
+    """
+    for loaded in models.values():
+        transcribe(loaded.model, loaded.processor, manifest.head(warmup), batch_size, progress=False)
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, loaded in models.items():
+            preds, stats = transcribe(loaded.model, loaded.processor, manifest, batch_size, progress=False)
+            if name not in best or stats["compute_s"] < best[name]["compute_s"]:
+                best[name] = {**stats, "predictions": preds}
+    return pd.DataFrame.from_dict(best, orient="index")

@@ -47,16 +47,40 @@ def character_table(texts, top: int = 15) -> pd.DataFrame:
                          for tok, n in counts.most_common(top)])
 
 
-def audio_examples(rows: pd.DataFrame, n: int = 3):
-    """Audio players with their transcripts for the first ``n`` rows (an HTML block for the notebook)."""
+def audio_examples(rows: pd.DataFrame, n: int = 3, columns: tuple[str, ...] = ("text",)):
+    """Audio players for the first ``n`` rows, each with the ``columns`` given (transcripts, CER, status...)
+    and, where the manifest has them, speaker and noise. Returns an HTML block for the notebook."""
+    from html import escape
+
     from IPython.display import HTML, Audio
 
-    html = []
+    blocks = []
     for rec in rows.head(n).to_dict("records"):
-        player = Audio(filename=rec["audio"])._repr_html_()
+        fields = "<br>".join(f"<b>{escape(c)}</b>: {escape(_fmt(rec[c]))}" for c in columns if c in rec)
         extra = ", ".join(f"{k} {rec[k]}" for k in ("speaker", "noise", "snr_db") if k in rec and pd.notna(rec[k]))
-        html.append(f"<p><b>{rec['text']}</b> <small>({rec['duration']:.2f} s{', ' + extra if extra else ''})</small></p>{player}")
-    return HTML("".join(html))
+        blocks.append(f"<p>{fields} <small>({rec['duration']:.2f} s{', ' + extra if extra else ''})</small></p>"
+                      + Audio(filename=rec["audio"])._repr_html_())
+    return HTML("".join(blocks))
+
+
+def _fmt(value) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def cer_histogram(rows: pd.DataFrame, threshold: float):
+    """Per-utterance CER of the teacher against the reference (%), with the filter threshold; a bar per status."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [3, 2]})
+    cer = rows["cer"].dropna().clip(upper=100)
+    axes[0].hist(cer, bins=[0, 1e-9, *range(5, 105, 5)], color="C0")
+    axes[0].axvline(threshold, color="C3", ls="--", label=f"threshold {threshold:g}%")
+    axes[0].set(xlabel="teacher CER against the reference (%, clipped at 100)", ylabel="utterances",
+                title="How far is the teacher from the reference?")
+    axes[0].legend()
+    counts = rows["status"].value_counts()
+    axes[1].barh(counts.index[::-1], counts.values[::-1], color=["C2" if s.startswith("kept") else "C3" for s in counts.index[::-1]])
+    axes[1].set(xlabel="utterances", title="kept or filtered")
+    fig.tight_layout()
+    return fig
 
 
 def training_curves(records: list[dict], title: str = "training"):

@@ -1,0 +1,151 @@
+"""Pseudo-labelling: the teacher transcribes the training audio, and only transcripts worth learning from
+are kept; optionally the teacher's encoder outputs are cached for decoder-only distillation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import text
+from .collate import read_audio
+from .evaluate import transcribe
+
+# A unit of 1-8 characters repeated 4 or more times in a row ("的的的的", "meetingmeetingmeetingmeeting").
+_LOOP = re.compile(r"(.{1,8}?)\1{3,}")
+
+
+def degenerate_reason(prediction: str) -> str | None:
+    """Why a transcript cannot be trusted whatever its CER: ``"empty output"``, ``"repetition loop"``, or None.
+
+    A loop is a unit of 1-8 characters repeated 4+ times in a row, or text that compresses more than
+    2.4:1 with zlib (Whisper's own test for runaway decoding).
+    """
+    norm = text.normalize(prediction, fold=None).replace(" ", "")
+    if not norm:
+        return "empty output"
+    if _LOOP.search(norm):
+        return "repetition loop"
+    raw = norm.encode("utf-8")
+    if len(raw) >= 60 and len(raw) / len(zlib.compress(raw)) > 2.4:
+        return "repetition loop"
+    return None
+
+
+def label_rows(manifest: pd.DataFrame, predictions: list[str], cer_threshold: float) -> pd.DataFrame:
+    """The pseudo-label manifest: teacher text beside the reference, per-utterance CER (%) and a status.
+
+    Status is ``kept``, ``kept (no reference)`` (nothing to compare with: kept and marked unlabelled),
+    ``filtered: CER above threshold``, ``filtered: empty output`` or ``filtered: repetition loop``.
+    The ``text`` column holds what the student will learn: the teacher's transcript.
+    """
+    rows = manifest.copy().reset_index(drop=True)
+    rows["reference"] = pd.Series([t if isinstance(t, str) and t.strip() else None for t in rows["text"]], dtype=object)
+    rows["teacher_text"] = predictions
+    cers, statuses = [], []
+    for ref, pred in zip(rows["reference"], rows["teacher_text"]):
+        cer = text.cer([ref], [pred]) if ref is not None else None
+        reason = degenerate_reason(pred)
+        if reason:
+            status = f"filtered: {reason}"
+        elif ref is None:
+            status = "kept (no reference)"
+        elif cer > cer_threshold:
+            status = "filtered: CER above threshold"
+        else:
+            status = "kept"
+        cers.append(cer)
+        statuses.append(status)
+    rows["cer"] = cers
+    rows["status"] = statuses
+    rows["kept"] = rows["status"].str.startswith("kept")
+    rows["text"] = rows["teacher_text"]
+    return rows
+
+
+def pseudo_label(teacher, manifest: pd.DataFrame, cer_threshold: float, batch_size: int = 16,
+                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Transcribe ``manifest`` with ``teacher`` (a LoadedWhisper) and label every row; returns (rows, summary)."""
+    if not 0 <= cer_threshold:
+        raise ValueError(f"cer_threshold is a percentage (e.g. 10), got {cer_threshold}")
+    predictions, speed = transcribe(teacher.model, teacher.processor, manifest, batch_size, progress=progress,
+                                    desc="pseudo-labelling")
+    rows = label_rows(manifest, predictions, cer_threshold)
+    labelled = rows[rows["reference"].notna()]
+    summary = {"utterances": len(rows), "kept": int(rows["kept"].sum()), "cer_threshold": cer_threshold,
+               "by_status": rows["status"].value_counts().to_dict(), **speed,
+               "teacher_cer": text.cer(labelled["reference"].tolist(), labelled["teacher_text"].tolist())
+               if len(labelled) else None}
+    return rows, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder-output cache
+# ---------------------------------------------------------------------------------------------
+def encoder_fingerprint(model) -> str:
+    """SHA-256 over the encoder's parameter names, shapes and fp16 values: which teacher made a cache."""
+    digest = hashlib.sha256()
+    for name, param in model.model.encoder.state_dict().items():
+        digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(param.detach().to("cpu", torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def feature_settings(feature_extractor) -> dict:
+    """The feature extractor settings a cache depends on."""
+    keys = ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length", "n_samples")
+    return {k: getattr(feature_extractor, k) for k in keys}
+
+
+@torch.no_grad()
+def write_encoder_cache(teacher, rows: pd.DataFrame, cache_dir: str | Path, batch_size: int = 16,
+                        progress: bool = True) -> Path:
+    """Store the teacher's encoder outputs for ``rows`` as one fp16 array (rows x frames x width) in
+    ``cache_dir/encoder_outputs.npy`` (read memory-mapped), with ``cache.json`` tying each row to its
+    audio file, the teacher's encoder fingerprint and the feature settings."""
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model, fe = teacher.model.eval(), teacher.feature_extractor
+    device = next(model.parameters()).device
+    frames, width = model.config.max_source_positions, model.config.d_model
+    tmp = cache_dir / "encoder_outputs.tmp.npy"
+    array = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(rows), frames, width))
+    for start in tqdm(range(0, len(rows), batch_size), desc="caching encoder outputs", disable=not progress):
+        audio = [read_audio(a, fe.sampling_rate) for a in rows["audio"].iloc[start:start + batch_size]]
+        feats = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features
+        out = model.model.encoder(feats.to(device, model.dtype)).last_hidden_state
+        array[start:start + len(audio)] = out.to("cpu", torch.float16).numpy()
+    array.flush()
+    del array
+    tmp.replace(cache_dir / "encoder_outputs.npy")
+    meta = {"teacher_fingerprint": encoder_fingerprint(model), "features": feature_settings(fe),
+            "shape": [len(rows), frames, width], "dtype": "float16", "audio": rows["audio"].tolist()}
+    (cache_dir / "cache.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), "utf-8")
+    return cache_dir
+
+
+def open_encoder_cache(cache_dir: str | Path, teacher, audio: list[str] | None = None) -> np.ndarray:
+    """The cached encoder outputs (memory-mapped), after checking they were made by this teacher with these
+    feature settings (and, if given, for these audio files in this order). Raises ValueError otherwise."""
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "cache.json").exists():
+        raise FileNotFoundError(f"{cache_dir} holds no encoder cache: run notebook 03 with cache_encoder_outputs = True")
+    meta = json.loads((cache_dir / "cache.json").read_text("utf-8"))
+    if meta["teacher_fingerprint"] != encoder_fingerprint(teacher.model):
+        raise ValueError(f"the encoder cache in {cache_dir} was made by another teacher (encoder fingerprint "
+                         f"{meta['teacher_fingerprint']}); re-run notebook 03 with this teacher")
+    if meta["features"] != feature_settings(teacher.feature_extractor):
+        raise ValueError(f"the encoder cache in {cache_dir} was made with other feature settings "
+                         f"({meta['features']}); re-run notebook 03")
+    if audio is not None and list(audio) != meta["audio"]:
+        raise ValueError(f"the encoder cache in {cache_dir} holds other utterances than the pseudo-label manifest")
+    return np.load(cache_dir / "encoder_outputs.npy", mmap_mode="r")

@@ -1,0 +1,181 @@
+"""Students for distillation: a Whisper cut down from a larger one by copying chosen layers.
+
+A student keeps the source's embeddings, layer norms, convolutions and whole encoder (unless asked to
+shrink it), and takes evenly spaced decoder layers, always including the source's last one. Works for any
+Whisper size; nothing here assumes the tiny model's shapes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import Rectangle
+from transformers import WhisperForConditionalGeneration
+
+from helpers import models
+
+_LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$")
+
+
+def layer_map(n_teacher: int, n_student: int) -> list[int]:
+    """Teacher layer indices that initialise student layers 0 .. n_student-1 (strictly increasing).
+
+    Evenly spaced from 0 to ``n_teacher - 1`` (the last is always the teacher's last), position
+    ``j * (n_teacher - 1) / (n_student - 1)`` rounded half up: 12 -> 2 gives [0, 11], 12 -> 3 gives
+    [0, 6, 11] (5.5 rounds to 6), 12 -> 4 gives [0, 4, 7, 11]. One student layer takes the teacher's last.
+    Raises ``ValueError`` when ``n_student < 1`` or ``n_student > n_teacher``.
+    """
+    if n_student < 1 or n_student > n_teacher:
+        raise ValueError(f"a student needs 1 to {n_teacher} layers to copy from a {n_teacher}-layer teacher, "
+                         f"got {n_student} student layers")
+    if n_student == 1:
+        return [n_teacher - 1]
+    span, gaps = n_teacher - 1, n_student - 1
+    # round half up in integers: floor(j * span / gaps + 1/2); steps are >= 1, so indices never repeat
+    return [(2 * j * span + gaps) // (2 * gaps) for j in range(n_student)]
+
+
+def init_student(source_model, decoder_layers: int = 2,
+                 encoder_layers: int | None = None) -> tuple[WhisperForConditionalGeneration, dict]:
+    """A new Whisper of ``decoder_layers`` (and ``encoder_layers``; None keeps all) copied from ``source_model``.
+
+    Layer j of the student is a copy of source layer ``map[j]`` (see :func:`layer_map`); all other
+    weights (embeddings, positional embeddings, convolutions, layer norms) are copied as they are. The
+    weights are new tensors of the source's dtype and device (training the student leaves the source
+    alone), loaded with ``strict=True``; the output projection stays tied to the token embedding when
+    the source's is. Returns ``(student, {"decoder": [...], "encoder": [...]})``.
+    """
+    cfg = source_model.config
+    maps = {"decoder": layer_map(cfg.decoder_layers, decoder_layers),
+            "encoder": layer_map(cfg.encoder_layers, cfg.encoder_layers if encoder_layers is None else encoder_layers)}
+    new_index = {part: {t: s for s, t in enumerate(m)} for part, m in maps.items()}
+    state, copies = {}, {}
+    for key, tensor in source_model.state_dict(keep_vars=True).items():
+        if (match := _LAYER_KEY.match(key)):
+            part, index, rest = match.groups()
+            if int(index) not in new_index[part]:
+                continue
+            key = f"model.{part}.layers.{new_index[part][int(index)]}.{rest}"
+        if id(tensor) not in copies:  # a tied parameter (proj_out = embed_tokens) is copied once
+            copies[id(tensor)] = tensor.detach().clone()
+        state[key] = copies[id(tensor)]
+
+    config = copy.deepcopy(cfg)
+    config.decoder_layers, config.encoder_layers = len(maps["decoder"]), len(maps["encoder"])
+    with torch.device("meta"):  # no random init: every weight comes from the source
+        student = WhisperForConditionalGeneration(config)
+    student.load_state_dict(state, strict=True, assign=True)
+    tied = source_model.proj_out.weight.data_ptr() == source_model.model.decoder.embed_tokens.weight.data_ptr()
+    if tied:
+        student.proj_out.weight = student.model.decoder.embed_tokens.weight
+    student.generation_config = copy.deepcopy(source_model.generation_config)
+    student.train(source_model.training)
+    return student, maps
+
+
+def check_compatible(teacher_tokenizer, student_tokenizer) -> None:
+    """Raise ``ValueError`` unless both tokenizers have the same vocabulary (token -> id, all of it)."""
+    a, b = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    differ = [t for t in a.keys() | b.keys() if a.get(t) != b.get(t)]
+    if differ:
+        raise ValueError(
+            f"the student's tokenizer differs from the teacher's in {len(differ)} tokens (teacher {len(a)}, "
+            f"student {len(b)} tokens): distillation compares both models' predictions token by token, so it "
+            "needs a shared tokenizer. Use a student checkpoint with the teacher's tokenizer, or "
+            "student_source='teacher' to cut the student from the teacher itself.")
+
+
+def make_student(teacher: models.LoadedWhisper, student_source: str = "teacher", decoder_layers: int = 2,
+                 encoder_layers: int | None = None) -> tuple[models.LoadedWhisper, dict]:
+    """Cut a student from the teacher (``student_source="teacher"``) or from another checkpoint (hub id or folder).
+
+    Another checkpoint is loaded with ``models.load_whisper`` in the teacher's dtype and on its device and
+    must share the teacher's tokenizer (:func:`check_compatible`). The student keeps the processor (feature
+    extractor, tokenizer) of the model it was cut from and the teacher's language/task prompt. Returns
+    ``(LoadedWhisper whose source names that model, layer maps)``.
+    """
+    gen = teacher.model.generation_config
+    language, task = getattr(gen, "language", None) or "zh", getattr(gen, "task", None) or "transcribe"
+    if student_source == "teacher":
+        source_model, processor, source = teacher.model, copy.deepcopy(teacher.processor), teacher.source
+    else:
+        loaded = models.load_whisper(student_source, language=language, task=task, dtype=teacher.model.dtype,
+                                     device=teacher.model.device)
+        check_compatible(teacher.tokenizer, loaded.tokenizer)
+        source_model, processor, source = loaded.model, loaded.processor, loaded.source
+    student, maps = init_student(source_model, decoder_layers, encoder_layers)
+    models.set_prompt(student, processor, language=language, task=task)
+    return models.LoadedWhisper(student, processor, source), maps
+
+
+def save_student(loaded: models.LoadedWhisper, out_dir: str | Path, layer_maps: dict) -> Path:
+    """Save the student with ``models.save_whisper`` and write ``layer_map.json`` next to it.
+
+    The json holds the maps, the source's layer counts (a map's last entry + 1: the last source layer
+    is always copied) and the source. Returns the folder.
+    """
+    out_dir = models.save_whisper(loaded.model, loaded.processor, out_dir)
+    info = {"decoder": list(layer_maps["decoder"]), "encoder": list(layer_maps["encoder"]),
+            "teacher_decoder_layers": layer_maps["decoder"][-1] + 1,
+            "teacher_encoder_layers": layer_maps["encoder"][-1] + 1, "source": loaded.source}
+    (out_dir / "layer_map.json").write_text(json.dumps(info, indent=2), "utf-8")
+    return out_dir
+
+
+def encoder_outputs_equal(teacher_model, student_model, input_features: torch.Tensor, atol: float = 0.0) -> bool:
+    """Whether both encoders give the same output for ``input_features`` (batch x mel bins x frames).
+
+    Runs in eval mode without gradients (each model's mode is restored afterwards). ``atol=0`` asks for
+    bit-identical outputs; otherwise every element must be within ``atol``.
+    """
+    outputs = []
+    for model in (teacher_model, student_model):
+        was_training = model.training
+        model.eval()
+        try:
+            param = next(model.parameters())
+            with torch.no_grad():
+                out = model.get_encoder()(input_features.to(param.device, param.dtype)).last_hidden_state
+        finally:
+            model.train(was_training)
+        outputs.append(out.float().cpu())
+    a, b = outputs
+    if a.shape != b.shape:
+        return False
+    return torch.equal(a, b) if atol == 0 else bool(torch.allclose(a, b, rtol=0.0, atol=atol))
+
+
+def plot_layer_map(n_teacher_dec: int, decoder_map: list[int], n_teacher_enc: int | None = None,
+                   encoder_map: list[int] | None = None):
+    """Teacher layers as a column of boxes, lines to the student layers they initialise; one panel per part.
+
+    The encoder panel is drawn when ``n_teacher_enc`` and ``encoder_map`` are given. Returns the figure.
+    """
+    parts = [("decoder", n_teacher_dec, decoder_map)]
+    if n_teacher_enc is not None and encoder_map is not None:
+        parts.insert(0, ("encoder", n_teacher_enc, encoder_map))
+    tallest = max(n for _, n, _ in parts)
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), min(12.0, 1.5 + 0.3 * tallest)), squeeze=False)
+    for ax, (name, n_teacher, mapping) in zip(axes[0], parts):
+        box_h = 0.8
+        student_y = [n_teacher / 2] if len(mapping) == 1 else [
+            j * (n_teacher - 1) / (len(mapping) - 1) for j in range(len(mapping))]
+        font = 8 if n_teacher <= 16 else 6
+        for i in range(n_teacher):  # layer 0 (next to the input) at the bottom
+            used = i in mapping
+            ax.add_patch(Rectangle((0, i - box_h / 2), 1, box_h, facecolor="C0" if used else "0.9", edgecolor="0.4"))
+            ax.text(0.5, i, str(i), ha="center", va="center", fontsize=font, color="white" if used else "0.3")
+        for j, (t, y) in enumerate(zip(mapping, student_y)):
+            ax.add_patch(Rectangle((2.5, y - box_h / 2), 1, box_h, facecolor="C1", edgecolor="0.4"))
+            ax.text(3.0, y, str(j), ha="center", va="center", fontsize=font, color="white")
+            ax.annotate("", xy=(2.5, y), xytext=(1, t), arrowprops=dict(arrowstyle="->", color="0.3"))
+        ax.text(0.5, n_teacher - 0.2, f"teacher\n{n_teacher} layers", ha="center", va="bottom", fontsize=9)
+        ax.text(3.0, n_teacher - 0.2, f"student\n{len(mapping)} layers", ha="center", va="bottom", fontsize=9)
+        ax.set(xlim=(-0.3, 3.8), ylim=(-1, n_teacher + 1.2), title=f"{name}: which layer starts which")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

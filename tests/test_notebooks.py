@@ -1,0 +1,84 @@
+"""The notebooks under papermill with non-default parameters, chained in one run directory.
+
+nbval (see pyproject.toml) re-runs the committed notebooks with their own parameters and compares outputs;
+these tests check that other parameters reach the code and that each notebook writes what the next reads.
+"""
+import json
+from pathlib import Path
+
+import papermill
+import pytest
+
+from helpers import models
+from helpers.config import TINY_TEACHER
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+pytestmark = pytest.mark.skipif(not (TINY_TEACHER / "model.safetensors").exists(),
+                                reason="the tiny teacher asset is missing (python assets/build_tiny_teacher.py)")
+
+
+def run(name, out_dir, **parameters):
+    out = out_dir / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
+                               cwd=str(NOTEBOOKS), progress_bar=False)
+    return json.loads(out.read_text("utf-8"))
+
+
+def stdout(nb) -> str:
+    return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []) if o.get("name") == "stdout")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("course")
+
+
+@pytest.fixture(scope="module")
+def data_notebook(run_dir):
+    return run("01_data", run_dir, run_dir=str(run_dir), num_train=24, num_test=8, seed=3)
+
+
+def test_data_notebook_takes_its_sizes_and_seed_from_the_parameters(data_notebook, run_dir):
+    report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
+    assert report["seed"] == 3
+    assert report["splits"]["train"]["utterances"] == 24 and report["splits"]["test"]["utterances"] == 8
+    assert "num_train=24, num_test=8" in stdout(data_notebook)
+    assert "2 rows kept, 5 skipped" in stdout(data_notebook)  # the messy-CSV demonstration
+
+
+@pytest.fixture(scope="module")
+def finetune_notebook(data_notebook, run_dir):
+    return run("02_breeze_finetune", run_dir, run_dir=str(run_dir), max_steps=4, eval_steps=2, save_steps=2,
+               per_device_train_batch_size=4, per_device_eval_batch_size=8, live_plot=False)
+
+
+def test_finetune_notebook_trains_the_given_steps_and_saves_a_loadable_teacher(finetune_notebook, run_dir):
+    metrics = json.loads((run_dir / "teacher" / "metrics.json").read_text("utf-8"))
+    assert metrics["steps"] == 4
+    assert 0 <= metrics["cer_after"] and 0 <= metrics["cer_before"]
+    history = json.loads((run_dir / "teacher" / "history.json").read_text("utf-8"))
+    assert [r["step"] for r in history if "eval_cer" in r] == [2, 4]
+    assert models.load_whisper(run_dir / "teacher").model.config.decoder_layers == 4
+
+
+@pytest.fixture(scope="module")
+def pseudo_notebook(finetune_notebook, run_dir):
+    return run("03_pseudo_label", run_dir, run_dir=str(run_dir), cer_threshold=100.0, batch_size=8)
+
+
+def test_pseudo_label_notebook_writes_the_kept_rows_and_the_encoder_cache(pseudo_notebook, run_dir):
+    summary = json.loads((run_dir / "pseudo" / "report.json").read_text("utf-8"))
+    assert summary["utterances"] == 24 and summary["cer_threshold"] == 100.0
+    kept = (run_dir / "pseudo" / "train.jsonl").read_text("utf-8").splitlines()
+    assert len(kept) == summary["kept"]
+    cache = json.loads((run_dir / "pseudo" / "encoder_cache" / "cache.json").read_text("utf-8"))
+    assert cache["shape"][0] == summary["kept"]
+
+
+def test_student_notebook_copies_the_layers_asked_for(pseudo_notebook, run_dir):
+    nb = run("04_student_init", run_dir, run_dir=str(run_dir), decoder_layers=3, batch_size=8)
+    layer_map = json.loads((run_dir / "student_init" / "layer_map.json").read_text("utf-8"))
+    assert layer_map["decoder"] == [0, 2, 3]  # 4 -> 3: positions 0, 1.5, 3 rounded half up
+    assert "bit for bit: True" in stdout(nb)
+    assert models.load_whisper(run_dir / "student_init").model.config.decoder_layers == 3
