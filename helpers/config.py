@@ -33,9 +33,15 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
     "03_pseudo_label": dict(teacher=None, cer_threshold=20.0, batch_size=32, cache_encoder_outputs=True),
     "04_student_init": dict(teacher=None, student_source="teacher", decoder_layers=2, encoder_layers=None,
                             batch_size=32),
+    "05_distill": dict(teacher=None, student=None, ce_weight=0.8, kl_weight=1.0, temperature=2.0, freeze_encoder=True,
+                       use_encoder_cache=True, max_steps=600, learning_rate=1e-3, warmup_steps=50,
+                       per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=200, save_steps=200,
+                       early_stopping_patience=3, per_device_eval_batch_size=32, generation_max_length=96,
+                       fp16=False, bf16=False, resume=False),
 }
 
-# What each profile changes; everything not named here keeps the tiny default above.
+# What each profile changes; everything not named here keeps the tiny default above. A name applies to
+# every notebook that has it; a notebook's own sub-table (e.g. "05_distill": {...}) wins over that.
 PROFILES: dict[str, dict] = {
     "tiny": {},
     "gpu-8gb": dict(
@@ -44,14 +50,18 @@ PROFILES: dict[str, dict] = {
         per_device_train_batch_size=2,
         gradient_accumulation_steps=8, learning_rate=1e-4, warmup_steps=100, eval_steps=500, save_steps=500,
         fp16=True, gradient_checkpointing=True, use_lora=True, generation_max_length=448,
-        per_device_eval_batch_size=8, batch_size=8, cache_encoder_outputs=False, cer_threshold=10.0),
+        per_device_eval_batch_size=8, batch_size=8, cache_encoder_outputs=False, cer_threshold=10.0,
+        use_encoder_cache=False,
+        **{"05_distill": dict(learning_rate=1e-4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                              fp16=True, generation_max_length=448)}),
     "full": dict(
         run_dir="runs/full", source="hub", hub_dataset="mozilla-foundation/common_voice_17_0", hub_config="zh-TW",
         num_train=None, num_test=None, max_duration_s=30.0, base_model=BREEZE, max_steps=5000,
         per_device_train_batch_size=16,
         gradient_accumulation_steps=1, learning_rate=1e-5, warmup_steps=500, eval_steps=500, save_steps=500,
         bf16=True, gradient_checkpointing=True, generation_max_length=448, per_device_eval_batch_size=32,
-        batch_size=32, cache_encoder_outputs=False, cer_threshold=10.0),
+        batch_size=32, cache_encoder_outputs=False, cer_threshold=10.0, use_encoder_cache=False,
+        **{"05_distill": dict(learning_rate=1e-4, warmup_steps=500)}),
 }
 
 
@@ -62,7 +72,8 @@ def defaults(notebook: str, profile: str = "tiny") -> dict:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     base = {**COMMON, **NOTEBOOK_PARAMS[notebook]}
-    return {**base, **{k: v for k, v in PROFILES[profile].items() if k in base}, "profile": profile}
+    shared = {k: v for k, v in PROFILES[profile].items() if k in base}  # names several notebooks share
+    return {**base, **shared, **PROFILES[profile].get(notebook, {}), "profile": profile}
 
 
 def resolve(notebook: str, params: dict) -> SimpleNamespace:

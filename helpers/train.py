@@ -89,14 +89,19 @@ def training_arguments(p, out_dir: Path) -> Seq2SeqTrainingArguments:
         dataloader_num_workers=dataloader_workers(), use_cpu=not cuda, disable_tqdm=False)
 
 
-def build_trainer(p, loaded, train_ds, eval_ds, out_dir: Path, callbacks: list | None = None) -> Seq2SeqTrainer:
-    """A Seq2SeqTrainer that fine-tunes ``loaded.model`` with CER-based early stopping."""
+def build_trainer(p, loaded, train_ds, eval_ds, out_dir: Path, callbacks: list | None = None,
+                  trainer_class=Seq2SeqTrainer, data_collator=None, **trainer_kwargs) -> Seq2SeqTrainer:
+    """A Seq2SeqTrainer (or ``trainer_class``) that trains ``loaded.model`` with CER-based early stopping.
+
+    ``data_collator`` defaults to :class:`WhisperCollator`; ``trainer_kwargs`` go to ``trainer_class``.
+    """
     args = training_arguments(p, out_dir)
-    collator = WhisperCollator(loaded.processor, loaded.model.config.decoder_start_token_id)
-    return Seq2SeqTrainer(
+    collator = data_collator or WhisperCollator(loaded.processor, loaded.model.config.decoder_start_token_id)
+    return trainer_class(
         model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
         processing_class=loaded.processor, compute_metrics=cer_metric(loaded.tokenizer),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), *(callbacks or [])])
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), *(callbacks or [])],
+        **trainer_kwargs)
 
 
 def last_checkpoint(out_dir: Path) -> str | None:

@@ -57,7 +57,16 @@ def test_defaults_hold_only_the_notebooks_own_parameters_and_the_common_ones():
 def test_every_profile_names_only_known_parameters():
     known = set(config.COMMON).union(*config.NOTEBOOK_PARAMS.values())
     for name, table in config.PROFILES.items():
-        assert set(table) <= known, name
+        shared = {k for k in table if k not in config.NOTEBOOK_PARAMS}
+        assert shared <= known, name
+        for notebook in set(table) & set(config.NOTEBOOK_PARAMS):  # a notebook's own sub-table
+            assert set(table[notebook]) <= set(config.NOTEBOOK_PARAMS[notebook]), (name, notebook)
+
+
+def test_a_notebooks_own_profile_table_wins_over_the_shared_names():
+    # gpu-8gb: lr 1e-4 for LoRA fine-tuning (shared), batch 8 x 2 for distillation (05's own table)
+    assert config.defaults("02_breeze_finetune", "gpu-8gb")["per_device_train_batch_size"] == 2
+    assert config.defaults("05_distill", "gpu-8gb")["per_device_train_batch_size"] == 8
 
 
 def test_defaults_refuse_an_unknown_profile_naming_the_known_ones():
