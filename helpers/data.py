@@ -166,7 +166,7 @@ def save_manifests(data_dir: str | Path, splits: dict[str, pd.DataFrame], skippe
     for name, part in splits.items():
         _atomic_write(data_dir / f"{name}.jsonl", part.to_json(orient="records", lines=True, force_ascii=False))
     _atomic_write(data_dir / "skipped.csv", skipped.to_csv(index=False))
-    _atomic_write(data_dir / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    write_json(data_dir / "report.json", report)
     return data_dir
 
 
@@ -182,6 +182,20 @@ def _atomic_write(path: Path, content: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(content, "utf-8")
     tmp.replace(path)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as JSON atomically (a reader never sees half a file, even after a crash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float))
+    return path
+
+
+def read_json(path: str | Path, default=None):
+    """The JSON in ``path``, or ``default`` when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text("utf-8")) if path.exists() else default
 
 
 def to_dataset(manifest: pd.DataFrame, processor):

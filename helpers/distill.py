@@ -159,6 +159,5 @@ def distil(p, teacher, student, pseudo_rows, test_rows, out_dir, cache_dir=None,
                                   [history], trainer_class=DistillTrainer, data_collator=collator,
                                   teacher_model=teacher.model, mode=mode, ce_weight=p.ce_weight,
                                   kl_weight=p.kl_weight, temperature=p.temperature)
-    checkpoint = train.last_checkpoint(out_dir) if p.resume else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    train.run_training(trainer, history, out_dir, p.resume)
     return trainer, history.records, mode, reason

@@ -109,3 +109,36 @@ def training_curves(records: list[dict], title: str = "training"):
             ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def budget_plan(planned: pd.DataFrame, tinit: int, final_start: int, title: str):
+    """The planned total rank per step (from ``adalora.planned_budget``) with the phase boundaries."""
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.plot(planned["step"], planned["budget"], label="planned total rank")
+    for x, name in ((tinit, "tinit"), (final_start, "max_steps - tfinal")):
+        ax.axvline(x, color="grey", ls=":", lw=1)
+        ax.annotate(name, (x, planned["budget"].max()), fontsize=8, ha="center", va="bottom")
+    ax.set(xlabel="optimizer step", ylabel="total rank", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame, init_r: int):
+    """Left: planned against actual total rank per step. Right: heat map of the final rank of every adapted
+    matrix (rows: encoder/decoder layer, columns: matrix such as ``self q`` or ``fc1``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
+    axes[0].plot(planned["step"], planned["budget"], ls="--", label="planned")
+    if budget:
+        done = pd.DataFrame(budget)
+        axes[0].plot(done["step"], done["total_rank"], label="actual (non-zero singular values)")
+    axes[0].set(xlabel="optimizer step", ylabel="total rank", title="rank budget")
+    axes[0].legend(fontsize=8)
+    heat = ranks.assign(row=ranks["part"].str[:3] + "." + ranks["layer"].astype(str)).pivot(
+        index="row", columns="matrix", values="rank")
+    image = axes[1].imshow(heat.values, cmap="viridis", vmin=0, vmax=init_r, aspect="auto")
+    axes[1].set(xticks=range(heat.shape[1]), yticks=range(heat.shape[0]), title="final rank per matrix")
+    axes[1].set_xticklabels(heat.columns, rotation=45, ha="right", fontsize=8)
+    axes[1].set_yticklabels(heat.index, fontsize=8)
+    fig.colorbar(image, ax=axes[1])
+    fig.tight_layout()
+    return fig

@@ -14,13 +14,14 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from . import text
 from .collate import WhisperCollator
+from .data import write_json
 from .config import dataloader_workers
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
 def check_params(p) -> None:
-    """Refuse parameter sets that contradict each other, before any model is loaded."""
+    """Refuse training parameters that contradict each other, before any model is loaded (notebooks 02, 05, 06)."""
     problems = []
     if p.max_steps <= 0:
         problems.append(f"max_steps must be positive, got {p.max_steps}")
@@ -31,12 +32,12 @@ def check_params(p) -> None:
                         "model is chosen at evaluations, and only saved checkpoints can be restored")
     if p.fp16 and p.bf16:
         problems.append("fp16 and bf16 are both True: choose one")
-    if p.load_in_8bit and not p.use_lora:
+    if getattr(p, "load_in_8bit", False) and not getattr(p, "use_lora", False):
         problems.append("load_in_8bit needs use_lora = True (an 8-bit base cannot be trained itself)")
     if p.per_device_train_batch_size < 1 or p.gradient_accumulation_steps < 1:
         problems.append("per_device_train_batch_size and gradient_accumulation_steps must be at least 1")
     if problems:
-        raise ValueError("02_breeze_finetune parameters:\n  - " + "\n  - ".join(problems))
+        raise ValueError("training parameters:\n  - " + "\n  - ".join(problems))
 
 
 def prepare_model(loaded, p):
@@ -184,14 +185,20 @@ def finetune(p, loaded, train_ds, eval_ds, out_dir: Path, live: bool = True):
     out_dir.mkdir(parents=True, exist_ok=True)
     history = LiveHistory(out_dir / "history.json", live=live, title="fine-tuning")
     trainer = build_trainer(p, loaded, train_ds, eval_ds, out_dir, [history])
-    checkpoint = last_checkpoint(out_dir) if p.resume else None
-    if p.resume and checkpoint is None:
-        print(f"resume = True but {out_dir} holds no checkpoint yet: starting from the base model")
-    if checkpoint and (out_dir / "history.json").exists():  # keep the curve of the interrupted run
-        history.records = [r for r in json.loads((out_dir / "history.json").read_text("utf-8"))
+    run_training(trainer, history, out_dir, p.resume)
+    return trainer, history.records
+
+
+def run_training(trainer, history: "LiveHistory", out_dir: Path, resume: bool) -> None:
+    """``trainer.train()``, from the last checkpoint in ``out_dir`` when ``resume`` (keeping the curve
+    recorded up to that checkpoint), else from the start."""
+    checkpoint = last_checkpoint(out_dir) if resume else None
+    if resume and checkpoint is None:
+        print(f"resume = True but {out_dir} holds no checkpoint yet: starting from the beginning")
+    if checkpoint and history.history_file.exists():
+        history.records = [r for r in json.loads(history.history_file.read_text("utf-8"))
                            if r["step"] <= int(checkpoint.rsplit("-", 1)[-1])]
     trainer.train(resume_from_checkpoint=checkpoint)
-    return trainer, history.records
 
 
 def save_finetuned(loaded, p, out_dir: Path, metrics: dict) -> Path:
@@ -210,7 +217,5 @@ def save_finetuned(loaded, p, out_dir: Path, metrics: dict) -> Path:
         model = model.merge_and_unload()
     model.config.use_cache = True
     save_whisper(model, loaded.processor, out_dir)
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=2), "utf-8")
-    tmp.replace(out_dir / "metrics.json")
+    write_json(out_dir / "metrics.json", metrics)
     return out_dir

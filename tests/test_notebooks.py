@@ -76,9 +76,24 @@ def test_pseudo_label_notebook_writes_the_kept_rows_and_the_encoder_cache(pseudo
     assert cache["shape"][0] == summary["kept"]
 
 
-def test_student_notebook_copies_the_layers_asked_for(pseudo_notebook, run_dir):
-    nb = run("04_student_init", run_dir, run_dir=str(run_dir), decoder_layers=3, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def student_notebook(pseudo_notebook, run_dir):
+    return run("04_student_init", run_dir, run_dir=str(run_dir), decoder_layers=3, batch_size=8)
+
+
+def test_student_notebook_copies_the_layers_asked_for(student_notebook, run_dir):
     layer_map = json.loads((run_dir / "student_init" / "layer_map.json").read_text("utf-8"))
     assert layer_map["decoder"] == [0, 2, 3]  # 4 -> 3: positions 0, 1.5, 3 rounded half up
-    assert "bit for bit: True" in stdout(nb)
+    assert "bit for bit: True" in stdout(student_notebook)
     assert models.load_whisper(run_dir / "student_init").model.config.decoder_layers == 3
+
+
+def test_distill_notebook_uses_the_cache_and_the_given_loss_weights(student_notebook, run_dir):
+    nb = run("05_distill", run_dir, run_dir=str(run_dir), max_steps=4, eval_steps=2, save_steps=2,
+             per_device_train_batch_size=4, per_device_eval_batch_size=8, kl_weight=0.5, live_plot=False)
+    assert "encoder mode: cached" in stdout(nb)
+    metrics = json.loads((run_dir / "student_kd" / "metrics.json").read_text("utf-8"))
+    assert metrics["mode"] == "cached" and metrics["steps"] == 4
+    assert models.load_whisper(run_dir / "student_kd").model.config.decoder_layers == 3

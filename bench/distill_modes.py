@@ -1,0 +1,121 @@
+"""How much faster is a distillation step when the frozen encoder is never recomputed? Measured side by side.
+
+Times one optimizer step (forward of both models, KD loss, backward, AdamW) through the workbook's own
+``DistillTrainer.compute_loss`` in four set-ups:
+
+* two encoders, student encoder trainable (the usual recipe),
+* two encoders, student encoder frozen,
+* one shared encoder pass feeding both decoders (mode ``shared``),
+* cached encoder outputs, decoders only (mode ``cached``),
+
+on (a) the tiny offline teacher and its 2-layer student and (b) a random-initialised whisper-small-shaped pair
+(teacher 12/12 layers, student 12/2, 30 s input, 51865-token vocabulary). The modes take turns for several
+rounds and each keeps its fastest step (the one least disturbed by other work on the machine).
+
+    python bench/distill_modes.py                 # both shapes, batch 2, CPU or the GPU if there is one
+    python bench/distill_modes.py --shapes whisper-small --batch 8 --rounds 5
+
+Results go to bench/results/distill_modes_<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers import config, distill, models, student, train  # noqa: E402
+
+SETUPS = [("two encoders, student encoder trainable", "separate", False),
+          ("two encoders, student encoder frozen", "separate", True),
+          ("one shared encoder pass", "shared", True),
+          ("cached encoder outputs", "cached", True)]
+
+
+def load_teacher(shape: str, device: str):
+    """The tiny offline teacher, or a random-initialised model of a real checkpoint's shape."""
+    if shape == "tiny":
+        return models.load_whisper(config.TINY_TEACHER, device=device).model.eval()
+    torch.manual_seed(0)
+    return models.WhisperForConditionalGeneration(models.real_config(shape)).to(device).eval()
+
+
+def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str) -> dict[str, float]:
+    teacher = load_teacher(shape, device)
+    cfg = teacher.config
+    torch.manual_seed(1)
+    feats = torch.randn(batch, cfg.num_mel_bins, 2 * cfg.max_source_positions, device=device)
+    labels = torch.randint(0, cfg.vocab_size - 20, (batch, label_len), device=device)
+    with torch.no_grad():
+        cached = teacher.model.encoder(feats).last_hidden_state
+    p = SimpleNamespace(**{**config.defaults("05_distill"), "per_device_train_batch_size": batch})
+    runs = {}
+    for name, mode, frozen in SETUPS:
+        pupil = student.init_student(teacher, decoder_layers=2)[0].train()
+        if frozen:
+            distill.freeze_encoder(pupil)
+        trainer = train.build_trainer(p, models.LoadedWhisper(pupil, None, shape), None, [{"labels": [1]}],
+                                      Path("/tmp/bench_distill"), trainer_class=distill.DistillTrainer,
+                                      teacher_model=teacher, mode=mode)
+        optim = torch.optim.AdamW([q for q in pupil.parameters() if q.requires_grad], lr=1e-5)
+        inputs = {"encoder_outputs": cached} if mode == "cached" else {"input_features": feats}
+        runs[name] = (trainer, pupil, optim, {**inputs, "labels": labels})
+
+    def step(trainer, pupil, optim, inputs):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.compute_loss(pupil, inputs).backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for run in runs.values():  # warm-up
+        step(*run)
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = min(best[name], step(*run))
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=["tiny", "whisper-small"], choices=["tiny", "whisper-small", "breeze-asr-25"])
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--label-len", type=int, default=32, help="label tokens per utterance")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"Distillation step time by encoder mode, batch {args.batch}, on {device_name}; fastest of {args.rounds} rounds\n")
+    results = {}
+    for shape in args.shapes:
+        best = time_steps(shape, args.batch, args.rounds, args.label_len, device)
+        results[shape] = best
+        base_shared, base_two = best[SETUPS[2][0]], best[SETUPS[0][0]]
+        print(f"{shape}:")
+        print(f"  {'set-up':<42}{'s/step':>9}{'vs two encoders':>17}{'vs shared pass':>16}")
+        for name, seconds in best.items():
+            print(f"  {name:<42}{seconds:>9.3f}{base_two / seconds:>16.2f}x{base_shared / seconds:>15.2f}x")
+        print()
+    out = Path(__file__).parent / "results" / f"distill_modes_{device}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "args": vars(args),
+                               "seconds_per_step": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""AdaLoRA fine-tuning of the student, with the rank budget really adapting.
+
+AdaLoRA (Zhang et al., 2023) starts every adapted matrix at rank ``init_r`` and, between steps ``tinit`` and
+``total_step - tfinal``, prunes the least important singular values every ``deltaT`` steps on a cubic
+schedule until the total budget is ``target_r`` per matrix on average. Neither the Trainer nor peft calls
+the allocator by itself: without :class:`RankAllocatorCallback` AdaLoRA silently stays plain LoRA.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import TrainerCallback
+
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+def check_schedule(init_r: int, target_r: int, tinit: int, tfinal: int, deltaT: int, total_step: int) -> None:
+    """Refuse an AdaLoRA schedule that cannot work, before training starts."""
+    problems = []
+    if not 0 < target_r <= init_r:
+        problems.append(f"target_r ({target_r}) must be between 1 and init_r ({init_r}): AdaLoRA only removes rank")
+    if tinit < 0 or tfinal < 0 or deltaT < 1:
+        problems.append(f"tinit ({tinit}) and tfinal ({tfinal}) must be >= 0 and deltaT ({deltaT}) >= 1")
+    elif tinit + tfinal >= total_step:
+        problems.append(f"tinit + tfinal ({tinit} + {tfinal}) must be below the optimizer steps ({total_step}), "
+                        "leaving steps in which ranks are reallocated")
+    elif deltaT >= total_step - tinit - tfinal:
+        problems.append(f"deltaT ({deltaT}) is not shorter than the reallocation phase "
+                        f"({total_step - tinit - tfinal} steps): ranks would never be reallocated")
+    if problems:
+        raise ValueError("AdaLoRA parameters:\n  - " + "\n  - ".join(problems))
+
+
+def add_adalora(model, p, target_modules=TARGET_MODULES):
+    """Wrap a Whisper model in AdaLoRA adapters for notebook 06's parameters ``p``.
+
+    ``total_step`` is the optimizer-step count (``p.max_steps``); task type None, because the seq2seq
+    task type would pass ``input_ids`` to Whisper, which takes ``input_features``.
+    """
+    from peft import AdaLoraConfig, get_peft_model
+
+    check_schedule(p.init_r, p.target_r, p.tinit, p.tfinal, p.deltaT, p.max_steps)
+    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    unmatched = [t for t in target_modules if t not in names]
+    if unmatched or not target_modules:
+        raise ValueError(f"target modules {unmatched or target_modules} match no linear layer of the model; "
+                         f"its linear layers are named {sorted(names)}")
+    config = AdaLoraConfig(init_r=p.init_r, target_r=p.target_r, tinit=p.tinit, tfinal=p.tfinal, deltaT=p.deltaT,
+                           total_step=p.max_steps, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                           target_modules=list(target_modules), task_type=None)
+    return get_peft_model(model, config)
+
+
+def current_ranks(peft_model) -> pd.DataFrame:
+    """Rank of every adapted matrix now: the count of its non-zero singular values (``lora_E``).
+
+    Columns: ``module`` (full name), ``part`` (encoder/decoder), ``layer``, ``matrix`` (e.g. ``self q``,
+    ``cross v``, ``fc1``) and ``rank``.
+    """
+    rows = []
+    for name, param in peft_model.named_parameters():
+        if "lora_E" not in name:
+            continue
+        module = name.split(".lora_E")[0]
+        match = re.search(r"(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)?\.?(\w+)$", module)
+        part, layer, attn, leaf = match.groups()
+        matrix = leaf if attn is None else f"{'cross' if attn == 'encoder_attn' else 'self'} {leaf.replace('_proj', '')}"
+        rows.append({"module": module, "part": part, "layer": int(layer), "matrix": matrix,
+                     "rank": int((param.detach() != 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def planned_budget(p, n_matrices: int) -> pd.DataFrame:
+    """The total rank AdaLoRA aims for at each step (peft's cubic schedule), for plotting before training."""
+    init_bgt, target_bgt = p.init_r * n_matrices, p.target_r * n_matrices
+    rows = []
+    for step in range(p.max_steps + 1):
+        if step <= p.tinit:
+            budget = init_bgt
+        elif step > p.max_steps - p.tfinal:
+            budget = target_bgt
+        else:
+            coeff = 1 - (step - p.tinit) / (p.max_steps - p.tfinal - p.tinit)
+            budget = int((init_bgt - target_bgt) * coeff ** 3 + target_bgt)
+        rows.append({"step": step, "budget": budget})
+    return pd.DataFrame(rows)
+
+
+class RankAllocatorCallback(TrainerCallback):
+    """Calls AdaLoRA's ``update_and_allocate`` after every optimizer step (gradients still present) and
+    records the total rank over time in ``self.budget`` (step, total rank)."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+        self.budget: list[dict] = []
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        step = state.global_step + 1  # global_step is incremented after this event
+        self.peft_model.base_model.update_and_allocate(step)
+        self.budget.append({"step": step, "total_rank": int(current_ranks(self.peft_model)["rank"].sum())})
+
+
+def merge_and_save(peft_model, processor, out_dir: str | Path) -> tuple[object, Path]:
+    """Save the adapter alone to ``out_dir/adapter`` and the merged plain Whisper model (processor and
+    generation config included) to ``out_dir``; returns the merged model and the folder."""
+    from .models import save_whisper
+
+    import warnings
+
+    out_dir = Path(out_dir)
+    with warnings.catch_warnings():  # matrices pruned to rank 0 are saved empty, which peft mistakes for unsharded
+        warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
+        peft_model.save_pretrained(out_dir / "adapter")
+    merged = peft_model.merge_and_unload()
+    save_whisper(merged, processor, out_dir)
+    return merged, out_dir
