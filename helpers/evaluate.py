@@ -17,7 +17,9 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, m
     """Greedy transcripts of every row of ``manifest`` (in manifest order), batched by similar length.
 
     Returns ``(predictions, stats)``; stats hold ``audio_s`` (seconds of audio), ``compute_s`` (wall
-    seconds spent) and ``rtfx`` (audio seconds per compute second).
+    seconds spent), ``rtfx`` (audio seconds per compute second), ``decoder_steps`` (generation steps the
+    batches ran: a batch runs until its longest transcript ends) and ``ms_per_step`` (wall ms per step,
+    encoder time included, which makes models comparable when their transcripts differ in length).
     """
     from tqdm.auto import tqdm
 
@@ -27,6 +29,7 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, m
     max_new_tokens = max_new_tokens or model.config.max_target_positions - 8
     order = np.argsort(manifest["duration"].to_numpy(), kind="stable")[::-1]  # longest first: memory peaks early
     predictions: list[str | None] = [None] * len(manifest)
+    steps = 0
     audio_s, started = float(manifest["duration"].sum()), time.time()
     was_training = model.training
     model.eval()
@@ -36,6 +39,7 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, m
         audio = [read_audio(manifest["audio"].iloc[i], fe.sampling_rate) for i in idx]
         feats = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features.to(device, dtype)
         out = model.generate(feats, max_new_tokens=max_new_tokens)
+        steps += out.shape[1]
         for i, pred in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
             predictions[i] = pred.strip()
         bar.update(len(idx))
@@ -43,7 +47,8 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, m
     bar.close()
     model.train(was_training)
     compute_s = time.time() - started
-    return predictions, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": audio_s / max(compute_s, 1e-9)}
+    return predictions, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": audio_s / max(compute_s, 1e-9),
+                         "decoder_steps": steps, "ms_per_step": 1000 * compute_s / max(steps, 1)}
 
 
 def score(references: list[str], predictions: list[str], fold: str | None = "t2s") -> dict:

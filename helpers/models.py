@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,20 @@ from transformers import (AddedToken, GenerationConfig, WhisperConfig, WhisperFe
 # are timestamps, so no-timestamps must be the last id of the vocabulary.
 WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>",
                     "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+
+
+@contextmanager
+def _no_transformers_bars():
+    """Silence transformers' own loading/saving bars (they would land in notebook outputs as widgets)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass
@@ -71,7 +86,8 @@ def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = 
         if not torch.cuda.is_available():
             raise RuntimeError("load_in_8bit needs a CUDA GPU; set load_in_8bit = False on this machine")
         extra = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": 0}}
-    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
+    with _no_transformers_bars():
+        model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     if model.config.model_type != "whisper":
         raise ValueError(f"{source} is a {model.config.model_type!r} model, not Whisper")
     set_prompt(model, processor, language=language, task=task)
@@ -93,7 +109,8 @@ def save_whisper(model, processor, out_dir: str | Path, *, dtype: torch.dtype | 
     out_dir.mkdir(parents=True, exist_ok=True)
     if dtype is not None and dtype != model.dtype:
         model = copy.deepcopy(model).to(dtype)  # the caller's model keeps its dtype
-    model.save_pretrained(out_dir)
+    with _no_transformers_bars():
+        model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
 
