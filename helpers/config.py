@@ -41,8 +41,7 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
     "06_adalora": dict(student=None, init_r=12, target_r=4, tinit=30, tfinal=60, deltaT=10, lora_alpha=32,
                        lora_dropout=0.05, max_steps=300, learning_rate=1e-3, warmup_steps=20,
                        per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=100, save_steps=100,
-                       early_stopping_patience=3, per_device_eval_batch_size=32, generation_max_length=96,
-                       fp16=False, bf16=False, resume=False),
+                       per_device_eval_batch_size=32, generation_max_length=96, fp16=False, bf16=False, resume=False),
 }
 
 # What each profile changes; everything not named here keeps the tiny default above. A name applies to

@@ -12,7 +12,6 @@ cell number and the error, and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -83,17 +82,28 @@ def parse_params(files: list[str], pairs: list[list[str]], profile: str | None, 
 
 def key_figures(run_dir: Path) -> list[str]:
     """One line per result file the notebooks wrote, with the figures worth reading first."""
+    from .data import read_json
+
     lines = []
-    report = run_dir / "data" / "report.json"
-    if report.exists():
-        r = json.loads(report.read_text("utf-8"))
+    if (r := read_json(run_dir / "data" / "report.json")):
         s = r["splits"]
         lines.append(f"data: {s['train']['utterances']} train / {s['test']['utterances']} test utterances "
                      f"({s['train']['hours'] + s['test']['hours']:.2f} h), {r['skipped']['total']} rows skipped")
-    metrics = run_dir / "teacher" / "metrics.json"
-    if metrics.exists():
-        m = json.loads(metrics.read_text("utf-8"))
+    def read(*parts):
+        return read_json(run_dir.joinpath(*parts))
+
+    if (m := read("teacher", "metrics.json")):
         lines.append(f"teacher: test CER {m['cer_before']:.1f}% before fine-tuning -> {m['cer_after']:.1f}% after")
+    if (m := read("pseudo", "report.json")):
+        lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept (CER <= {m['cer_threshold']:g}%)")
+    if (m := read("student_init", "layer_map.json")):
+        lines.append(f"student: decoder layers {m['decoder']} of the teacher's {m['teacher_decoder_layers']}")
+    if (m := read("student_kd", "metrics.json")):
+        kd, teacher = m.get("student after KD", {}), m.get("teacher", {})
+        lines.append(f"distilled student ({m['mode']} encoder): test CER {kd.get('cer', float('nan')):.1f}% "
+                     f"(teacher {teacher.get('cer', float('nan')):.1f}%)")
+    if (m := read("student_adalora", "metrics.json")):
+        lines.append(f"AdaLoRA student: test CER {m['cer_before']:.1f}% -> {m['cer_merged']:.1f}% (merged)")
     return lines
 
 
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown parameter(s) {unknown}. Known parameters: {', '.join(sorted(known))}", file=sys.stderr)
         return 2
+    params.setdefault("live_plot", False)  # nobody watches a batch run: draw the final figures only
     run_dir = repo_path(params.get("run_dir", "runs/tiny"))
     print(f"Running {len(selected)} notebook(s) into {run_dir / 'notebooks'} with {params or 'the default parameters'}")
     timings = run(selected, params, run_dir / "notebooks", args.kernel)

@@ -75,15 +75,16 @@ def cer_metric(tokenizer):
     return compute
 
 
-def training_arguments(p, out_dir: Path) -> Seq2SeqTrainingArguments:
-    """Seq2SeqTrainingArguments from the notebook parameters (transformers 5 names)."""
+def training_arguments(p, out_dir: Path, keep_best: bool = True) -> Seq2SeqTrainingArguments:
+    """Seq2SeqTrainingArguments from the notebook parameters (transformers 5 names). With ``keep_best`` the
+    checkpoint of lowest eval CER is restored at the end; without it the model of the last step is kept."""
     cuda = torch.cuda.is_available()
     return Seq2SeqTrainingArguments(
         output_dir=str(out_dir), max_steps=p.max_steps, per_device_train_batch_size=p.per_device_train_batch_size,
         per_device_eval_batch_size=p.per_device_eval_batch_size, gradient_accumulation_steps=p.gradient_accumulation_steps,
         learning_rate=p.learning_rate, warmup_steps=p.warmup_steps, lr_scheduler_type="linear", weight_decay=0.0,
         eval_strategy="steps", eval_steps=p.eval_steps, save_strategy="steps", save_steps=p.save_steps,
-        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="cer", greater_is_better=False,
+        save_total_limit=2, load_best_model_at_end=keep_best, metric_for_best_model="cer", greater_is_better=False,
         predict_with_generate=True, generation_max_length=p.generation_max_length,
         fp16=bool(p.fp16 and cuda), bf16=bool(p.bf16), logging_steps=max(1, min(25, p.eval_steps // 4)),
         report_to=["tensorboard"], remove_unused_columns=False, label_names=["labels"], seed=p.seed,
@@ -91,17 +92,22 @@ def training_arguments(p, out_dir: Path) -> Seq2SeqTrainingArguments:
 
 
 def build_trainer(p, loaded, train_ds, eval_ds, out_dir: Path, callbacks: list | None = None,
-                  trainer_class=Seq2SeqTrainer, data_collator=None, **trainer_kwargs) -> Seq2SeqTrainer:
-    """A Seq2SeqTrainer (or ``trainer_class``) that trains ``loaded.model`` with CER-based early stopping.
+                  trainer_class=Seq2SeqTrainer, data_collator=None, keep_best: bool = True,
+                  **trainer_kwargs) -> Seq2SeqTrainer:
+    """A Seq2SeqTrainer (or ``trainer_class``) that trains ``loaded.model``, evaluating CER every ``eval_steps``.
 
-    ``data_collator`` defaults to :class:`WhisperCollator`; ``trainer_kwargs`` go to ``trainer_class``.
+    With ``keep_best`` (default) training stops early after ``early_stopping_patience`` evaluations without
+    a better CER and the best checkpoint is restored; without it, all ``max_steps`` run and the last model
+    is kept (AdaLoRA: its rank schedule is planned over all steps). ``data_collator`` defaults to
+    :class:`WhisperCollator`; ``trainer_kwargs`` go to ``trainer_class``.
     """
-    args = training_arguments(p, out_dir)
+    args = training_arguments(p, out_dir, keep_best)
+    if keep_best:
+        callbacks = [EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), *(callbacks or [])]
     collator = data_collator or WhisperCollator(loaded.processor, loaded.model.config.decoder_start_token_id)
     return trainer_class(
         model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-        processing_class=loaded.processor, compute_metrics=cer_metric(loaded.tokenizer),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), *(callbacks or [])],
+        processing_class=loaded.processor, compute_metrics=cer_metric(loaded.tokenizer), callbacks=callbacks,
         **trainer_kwargs)
 
 
