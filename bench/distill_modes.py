@@ -55,12 +55,13 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str)
     with torch.no_grad():
         cached = teacher.model.encoder(feats).last_hidden_state
     p = SimpleNamespace(**{**config.defaults("05_distill"), "per_device_train_batch_size": batch})
+    processor = models.WhisperProcessor.from_pretrained(config.TINY_TEACHER)  # only for the Trainer's metric hook
     runs = {}
     for name, mode, frozen in SETUPS:
         pupil = student.init_student(teacher, decoder_layers=2)[0].train()
         if frozen:
             distill.freeze_encoder(pupil)
-        trainer = train.build_trainer(p, models.LoadedWhisper(pupil, None, shape), None, [{"labels": [1]}],
+        trainer = train.build_trainer(p, models.LoadedWhisper(pupil, processor, shape), None, [{"labels": [1]}],
                                       Path("/tmp/bench_distill"), trainer_class=distill.DistillTrainer,
                                       teacher_model=teacher, mode=mode)
         optim = torch.optim.AdamW([q for q in pupil.parameters() if q.requires_grad], lr=1e-5)
