@@ -105,3 +105,27 @@ def test_encoder_cache_refuses_other_feature_settings_and_other_rows(synthetic_r
 def test_missing_cache_says_which_notebook_makes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="notebook 03"):
         pseudo.open_encoder_cache(tmp_path, tiny_teacher())
+
+
+def test_pseudo_labels_cache_and_student_follow_the_checkpoint_shape_not_the_tiny_one(synthetic_run, tmp_path):
+    # A checkpoint with Whisper's own 30 s window (1500 encoder frames) and 128 mel bins (large-v3 style):
+    # everything must be read from the model and its processor.
+    from helpers import models, student
+    from helpers.models import tiny_feature_extractor
+
+    _, result = synthetic_run
+    _, processor = build_tiny_whisper()
+    model, _ = models.new_tiny_whisper(processor.tokenizer, window_s=30, num_mel_bins=128, d_model=32, layers=2,
+                                       heads=2, ffn=64)
+    processor = copy.deepcopy(processor)
+    processor.feature_extractor = tiny_feature_extractor(window_s=30, num_mel_bins=128)
+    models.save_whisper(model, processor, tmp_path / "ckpt")
+    teacher = models.load_whisper(tmp_path / "ckpt")
+    rows = result["train"].head(2)
+    labelled, _ = pseudo.pseudo_label(teacher, rows, cer_threshold=100, batch_size=2, progress=False)
+    assert len(labelled) == 2
+    cache = pseudo.open_encoder_cache(pseudo.write_encoder_cache(teacher, rows, tmp_path / "cache", progress=False),
+                                      teacher)
+    assert cache.shape == (2, 1500, 32)
+    pupil, maps = student.make_student(teacher, decoder_layers=1)
+    assert maps["decoder"] == [1] and pupil.feature_extractor.feature_size == 128
