@@ -55,7 +55,8 @@ def trained(synthetic_run, tmp_path, with_callback):
     model = adalora.add_adalora(fresh_model(), p)
     callbacks = [adalora.RankAllocatorCallback(model)] if with_callback else []
     train_ds, test_ds = data.to_dataset(result["train"], processor), data.to_dataset(result["test"], processor)
-    trainer = train.build_trainer(p, LoadedWhisper(model, processor, "tiny"), train_ds, test_ds, tmp_path, callbacks)
+    trainer = train.build_trainer(p, LoadedWhisper(model, processor, "tiny"), train_ds, test_ds, tmp_path, callbacks,
+                                  keep_best=False)
     trainer.train()
     return model, processor, callbacks
 
