@@ -91,7 +91,11 @@ def planned_budget(p, n_matrices: int) -> pd.DataFrame:
 
 class RankAllocatorCallback(TrainerCallback):
     """Calls AdaLoRA's ``update_and_allocate`` after every optimizer step (gradients still present) and
-    records the total rank over time in ``self.budget`` (step, total rank)."""
+    records in ``self.budget`` the total rank right after each allocation (step, total rank).
+
+    Ranks are counted only where the allocator has just masked: between two allocations the pruned
+    singular values are free to grow back until the next one, and at the start they are all zero.
+    """
 
     def __init__(self, peft_model):
         self.peft_model = peft_model
@@ -100,7 +104,9 @@ class RankAllocatorCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1  # global_step is incremented after this event
         self.peft_model.base_model.update_and_allocate(step)
-        self.budget.append({"step": step, "total_rank": int(current_ranks(self.peft_model)["rank"].sum())})
+        _, masked = self.peft_model.base_model.rankallocator.budget_schedule(step)
+        if masked:
+            self.budget.append({"step": step, "total_rank": int(current_ranks(self.peft_model)["rank"].sum())})
 
 
 def merge_and_save(peft_model, processor, out_dir: str | Path) -> tuple[object, Path]:

@@ -130,7 +130,7 @@ def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame
     axes[0].plot(planned["step"], planned["budget"], ls="--", label="planned")
     if budget:
         done = pd.DataFrame(budget)
-        axes[0].plot(done["step"], done["total_rank"], label="actual (non-zero singular values)")
+        axes[0].plot(done["step"], done["total_rank"], marker=".", ls="", label="after each allocation")
     axes[0].set(xlabel="optimizer step", ylabel="total rank", title="rank budget")
     axes[0].legend(fontsize=8)
     heat = ranks.assign(row=ranks["part"].str[:3] + "." + ranks["layer"].astype(str)).pivot(

@@ -66,7 +66,10 @@ def test_the_allocator_callback_reallocates_ranks_to_the_target_budget(synthetic
     ranks = adalora.current_ranks(model)
     assert ranks["rank"].sum() == 2 * len(ranks)      # the target budget: target_r per matrix on average
     assert ranks["rank"].nunique() > 1                # not uniform: some matrices kept more rank than others
-    assert callback.budget[0]["total_rank"] == 4 * len(ranks) and callback.budget[-1]["step"] == 12
+    # recorded right after each allocation: never above the planned budget, ending at the target
+    planned = adalora.planned_budget(params(), len(ranks)).set_index("step")["budget"]
+    assert all(r["total_rank"] <= planned[r["step"]] for r in callback.budget)
+    assert callback.budget[-1] == {"step": 12, "total_rank": 2 * len(ranks)}
 
 
 def test_without_the_callback_adalora_is_plain_lora(synthetic_run, tmp_path):
