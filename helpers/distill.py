@@ -135,9 +135,6 @@ def distil(p, teacher, student, pseudo_rows, test_rows, out_dir, cache_dir=None,
 
     from . import data, pseudo, train
     from .collate import WhisperCollator
-
-    if p.temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {p.temperature}")
     from .student import check_compatible
 
     check_compatible(teacher.tokenizer, student.tokenizer)

@@ -15,6 +15,7 @@ import torch
 
 from . import text
 from .collate import read_audio
+from .data import write_json
 from .evaluate import transcribe
 
 # A unit of 1-8 characters repeated 4 or more times in a row ("的的的的", "meetingmeetingmeetingmeeting").
@@ -129,7 +130,7 @@ def write_encoder_cache(teacher, rows: pd.DataFrame, cache_dir: str | Path, batc
     tmp.replace(cache_dir / "encoder_outputs.npy")
     meta = {"teacher_fingerprint": encoder_fingerprint(model), "features": feature_settings(fe),
             "shape": [len(rows), frames, width], "dtype": "float16", "audio": rows["audio"].tolist()}
-    (cache_dir / "cache.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), "utf-8")
+    write_json(cache_dir / "cache.json", meta)
     return cache_dir
 
 

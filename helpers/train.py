@@ -142,9 +142,7 @@ class LiveHistory(TrainerCallback):
         record = {"step": state.global_step, "time_s": round(time.time() - self._started, 2),
                   **{k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}, **memory_now()}
         self.records.append(record)
-        tmp = self.history_file.with_name(self.history_file.name + ".tmp")
-        tmp.write_text(json.dumps(self.records, indent=1), "utf-8")
-        tmp.replace(self.history_file)
+        write_json(self.history_file, self.records)
         if self.live:
             self._draw()
 
