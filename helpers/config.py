@@ -42,6 +42,8 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                        lora_dropout=0.05, max_steps=300, learning_rate=1e-3, warmup_steps=20,
                        per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=100, save_steps=100,
                        per_device_eval_batch_size=32, generation_max_length=96, fp16=False, bf16=False, resume=False),
+    "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=2, speculative=True,
+                    speculative_limit=50, fold="t2s", num_worst=5, generation_max_length=96),
 }
 
 # What each profile changes; everything not named here keeps the tiny default above. A name applies to
@@ -65,6 +67,7 @@ PROFILES: dict[str, dict] = {
         gradient_accumulation_steps=1, learning_rate=1e-5, warmup_steps=500, eval_steps=500, save_steps=500,
         bf16=True, gradient_checkpointing=True, generation_max_length=448, per_device_eval_batch_size=32,
         batch_size=32, cache_encoder_outputs=False, cer_threshold=10.0, use_encoder_cache=False,
+        speculative_limit=200,
         **{"05_distill": dict(learning_rate=1e-4, warmup_steps=500)}),
 }
 
