@@ -123,3 +123,62 @@ def merge_and_save(peft_model, processor, out_dir: str | Path) -> tuple[object, 
     merged = peft_model.merge_and_unload()
     save_whisper(merged, processor, out_dir)
     return merged, out_dir
+
+
+def run_phase(p) -> dict | None:
+    """Notebook 06 for its parameters ``p``: AdaLoRA on ``p.student`` (default ``run_dir/student_kd``) with
+    ``run_dir/data/train.jsonl``, the rank allocator called at every step, then the merged model saved to
+    ``run_dir/student_adalora`` with ``metrics.json`` (test CER before, with adapters, merged; final ranks),
+    ``history.json`` and ``rank_budget.json`` (total rank after each allocation). Returns the metrics in the
+    main process; the other processes of a launched run (which train and score their share) return None.
+    """
+    from . import data, models, train
+    from .data import write_json
+    from .evaluate import score
+    from .launch import transcribe
+
+    train.check_params(p)
+    student = models.load_whisper(p.student or p.run_dir / "student_kd")
+    train_rows, test_rows = data.load_manifest(p.run_dir / "data", "train"), data.load_manifest(p.run_dir / "data", "test")
+    peft_model = add_adalora(student.model, p)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    refs = test_rows["text"].tolist()
+    before = score(refs, transcribe(student.model, student.processor, test_rows, p.per_device_eval_batch_size,
+                                    desc="student before AdaLoRA")[0])
+    out_dir = Path(p.run_dir) / "student_adalora"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    allocator = RankAllocatorCallback(peft_model)
+    history = train.LiveHistory(out_dir / "history.json", live=p.live_plot, title="AdaLoRA")
+    loaded = models.LoadedWhisper(peft_model, student.processor, student.source)
+    trainer = train.build_trainer(p, loaded, data.to_dataset(train_rows, loaded.processor),
+                                  data.to_dataset(test_rows, loaded.processor), out_dir, [allocator, history],
+                                  keep_best=False)
+    train.run_training(trainer, history, out_dir, p.resume)
+    ranks = current_ranks(peft_model)
+    adapter_predictions, _ = transcribe(peft_model, loaded.processor, test_rows, p.per_device_eval_batch_size,
+                                        desc="adapter model")
+    main = trainer.is_world_process_zero()
+    merged = merge_and_save(peft_model, loaded.processor, out_dir)[0] if main else peft_model.merge_and_unload()
+    merged_predictions, _ = transcribe(merged, loaded.processor, test_rows, p.per_device_eval_batch_size,
+                                       desc="merged model")
+    if not main:
+        return None
+    after, merged_scores = score(refs, adapter_predictions), score(refs, merged_predictions)
+    metrics = {"cer_before": before["cer"], "cer_after": after["cer"], "cer_merged": merged_scores["cer"],
+               "identical_after_merge": sum(a == b for a, b in zip(adapter_predictions, merged_predictions)),
+               "trainable_M": trainable / 1e6, "total_M": total / 1e6,
+               "final_ranks": ranks.set_index("module")["rank"].to_dict(),
+               "processes": trainer.accelerator.num_processes}
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "rank_budget.json", allocator.budget)
+    print(f"AdaLoRA student: test CER {before['cer']:.1f}% -> {merged_scores['cer']:.1f}% merged "
+          f"({metrics['processes']} process(es)) -> {out_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .launch import main
+
+    sys.exit(main("adalora"))

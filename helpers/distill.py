@@ -82,7 +82,14 @@ class CachedCollator:
 
 
 class DistillTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose loss is :func:`kd_loss` against a frozen teacher; logs ``ce`` and ``kl`` apart."""
+    """Seq2SeqTrainer whose loss is :func:`kd_loss` against a frozen teacher; logs ``ce`` and ``kl`` apart.
+
+    The loss of an optimizer step is the mean over all its label tokens, whichever process and accumulated
+    batch they sit in (the Trainer's ``num_items_in_batch``): N processes with B utterances each train and
+    log exactly as one process with N x B, up to floating-point rounding.
+    """
+
+    loss_weighs_tokens = True  # compute_loss divides by the step's tokens on all processes (num_items_in_batch)
 
     def __init__(self, *args, teacher_model, mode: str, ce_weight=0.8, kl_weight=1.0, temperature=2.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -92,7 +99,7 @@ class DistillTrainer(Seq2SeqTrainer):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.teacher = teacher_model.eval().requires_grad_(False).to(self.args.device)
         self.mode, self.ce_weight, self.kl_weight, self.temperature = mode, ce_weight, kl_weight, temperature
-        self._parts: dict[str, list[float]] = {"ce": [], "kl": []}
+        self._parts = torch.zeros(3, dtype=torch.float64)  # token-weighted CE and KL sums, tokens, since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -114,14 +121,25 @@ class DistillTrainer(Seq2SeqTrainer):
             with torch.no_grad():
                 teacher_logits = self.teacher(encoder_outputs=encoded, labels=labels).logits
         loss, ce, kl = kd_loss(student_out.logits, teacher_logits, labels, self.ce_weight, self.kl_weight, self.temperature)
-        self._parts["ce"].append(ce.item())
-        self._parts["kl"].append(kl.item())
+        tokens = int((labels != -100).sum())
+        self._parts += torch.tensor([ce.item() * tokens, kl.item() * tokens, tokens], dtype=torch.float64)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            # The Trainer then neither divides by the accumulation steps nor lets DDP's gradient mean stand:
+            # weigh this batch's token mean by its share of the step's tokens on all processes, times the
+            # process count that DDP's averaging divides by (what Trainer.compute_loss does for a model's loss).
+            loss = loss * (tokens / num_items_in_batch)
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
         return (loss, student_out) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs):
-        if "loss" in logs and self._parts["ce"]:
-            logs = {**logs, **{k: float(np.mean(v)) for k, v in self._parts.items()}}
-            self._parts = {"ce": [], "kl": []}
+        if "loss" in logs:  # a training log: every process is here at the same step
+            parts = self._parts.to(self.args.device, torch.float32)
+            if self.accelerator.num_processes > 1:
+                parts = self.accelerator.reduce(parts, reduction="sum")
+            if parts[2] > 0:
+                logs = {**logs, "ce": float(parts[0] / parts[2]), "kl": float(parts[1] / parts[2])}
+            self._parts.zero_()
         super().log(logs, *args, **kwargs)
 
 
@@ -158,3 +176,46 @@ def distil(p, teacher, student, pseudo_rows, test_rows, out_dir, cache_dir=None,
                                   kl_weight=p.kl_weight, temperature=p.temperature)
     train.run_training(trainer, history, out_dir, p.resume)
     return trainer, history.records, mode, reason
+
+
+def run_phase(p) -> dict | None:
+    """Notebook 05 for its parameters ``p``: distil ``p.student`` (default ``run_dir/student_init``) from
+    ``p.teacher`` (default ``run_dir/teacher``) on ``run_dir/pseudo/train.jsonl`` (with notebook 03's encoder
+    cache when it matches), score teacher and student on ``run_dir/data/test.jsonl``, and save the student
+    with ``metrics.json`` and ``history.json`` in ``run_dir/student_kd``. Returns the metrics in the main
+    process; the other processes of a launched run (which train and score their share) return None.
+    """
+    from . import data, models, train
+    from .evaluate import score
+    from .launch import transcribe
+
+    train.check_params(p)
+    teacher = models.load_whisper(p.teacher or p.run_dir / "teacher")
+    student = models.load_whisper(p.student or p.run_dir / "student_init")
+    pseudo_rows = data.load_manifest(p.run_dir / "pseudo", "train")
+    test_rows = data.load_manifest(p.run_dir / "data", "test")
+    out_dir = p.run_dir / "student_kd"
+    trainer, history, mode, reason = distil(p, teacher, student, pseudo_rows, test_rows, out_dir,
+                                            p.run_dir / "pseudo" / "encoder_cache", live=p.live_plot)
+    results = {}
+    for name, loaded in (("teacher", teacher), ("student after KD", student)):
+        predictions, speed = transcribe(loaded.model, loaded.processor, test_rows, p.per_device_eval_batch_size,
+                                        desc=name)
+        results[name] = {**score(test_rows["text"].tolist(), predictions), "RTFx": speed["rtfx"]}
+    if not trainer.is_world_process_zero():
+        return None
+    models.save_whisper(student.model, student.processor, out_dir)
+    metrics = {"mode": mode, "reason": reason, "steps": trainer.state.global_step,
+               "processes": trainer.accelerator.num_processes, **results}
+    data.write_json(out_dir / "metrics.json", metrics)
+    print(f"distilled student ({mode} encoder, {metrics['processes']} process(es)): test CER "
+          f"{results['student after KD']['cer']:.1f}% (teacher {results['teacher']['cer']:.1f}%) -> {out_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .launch import main
+
+    sys.exit(main("distill"))

@@ -71,19 +71,76 @@ def label_rows(manifest: pd.DataFrame, predictions: list[str], cer_threshold: fl
 
 
 def pseudo_label(teacher, manifest: pd.DataFrame, cer_threshold: float, batch_size: int = 16,
-                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Transcribe ``manifest`` with ``teacher`` (a LoadedWhisper) and label every row; returns (rows, summary)."""
+                 progress: bool = True, shard_dir: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """Transcribe ``manifest`` with ``teacher`` (a LoadedWhisper) and label every row; returns (rows, summary).
+
+    Alone, one process transcribes everything. Under a launcher (``WORLD_SIZE`` > 1) each process transcribes
+    one contiguous block of the manifest (:func:`launch.shard_bounds`), writes its transcripts to
+    ``shard_dir/predictions.<rank>-of-<n>.json`` atomically, waits for the others, and reads all shards back
+    in rank order, so every process returns the same rows, in manifest order, as one process would.
+    ``summary`` adds ``processes``; its ``compute_s`` is the slowest shard's wall time.
+    """
+    from .launch import process_state
+
     if not 0 <= cer_threshold:
         raise ValueError(f"cer_threshold is a percentage (e.g. 10), got {cer_threshold}")
-    predictions, speed = transcribe(teacher.model, teacher.processor, manifest, batch_size, progress=progress,
-                                    desc="pseudo-labelling")
+    state = process_state()
+    if state.num_processes == 1:
+        predictions, speed = transcribe(teacher.model, teacher.processor, manifest, batch_size, progress=progress,
+                                        desc="pseudo-labelling")
+    else:
+        if shard_dir is None:
+            raise ValueError(f"pseudo-labelling on {state.num_processes} processes needs shard_dir, a folder all "
+                             "processes can read (on several machines: a shared file system)")
+        predictions, speed = _transcribe_sharded(teacher, manifest, batch_size, Path(shard_dir), state,
+                                                 progress and state.is_main_process)
     rows = label_rows(manifest, predictions, cer_threshold)
     labelled = rows[rows["reference"].notna()]
     summary = {"utterances": len(rows), "kept": int(rows["kept"].sum()), "cer_threshold": cer_threshold,
-               "by_status": rows["status"].value_counts().to_dict(), **speed,
+               "by_status": rows["status"].value_counts().to_dict(), **speed, "processes": state.num_processes,
                "teacher_cer": text.cer(labelled["reference"].tolist(), labelled["teacher_text"].tolist())
                if len(labelled) else None}
     return rows, summary
+
+
+def _transcribe_sharded(teacher, manifest: pd.DataFrame, batch_size: int, shard_dir: Path, state,
+                        progress: bool) -> tuple[list[str], dict]:
+    """This process's block of transcripts written as a shard; all shards read back in manifest order."""
+    from .data import read_json
+    from .launch import shard_bounds
+
+    rank, world = state.process_index, state.num_processes
+
+    def shard_file(r):
+        return shard_dir / f"predictions.{r:05d}-of-{world:05d}.json"
+
+    start, stop = shard_bounds(len(manifest), rank, world)
+    predictions, speed = transcribe(teacher.model, teacher.processor, manifest.iloc[start:stop], batch_size,
+                                    progress=progress, desc=f"pseudo-labelling (shard {rank + 1} of {world})")
+    write_json(shard_file(rank), {"start": start, "stop": stop, "audio": manifest["audio"].iloc[start:stop].tolist(),
+                                  "predictions": predictions, **speed})
+    state.wait_for_everyone()
+    merged, shards = [], []
+    for r in range(world):
+        shard = read_json(shard_file(r))
+        first, last = shard_bounds(len(manifest), r, world)
+        if shard is None or (shard["start"], shard["stop"]) != (first, last) or \
+                shard["audio"] != manifest["audio"].iloc[first:last].tolist():
+            raise RuntimeError(f"{shard_file(r)} is missing or holds other rows than rows {first}-{last} of this "
+                               "manifest: did every process read the same manifest?")
+        merged += shard["predictions"]
+        shards.append(shard)
+    state.wait_for_everyone()  # every process has read every shard before they are removed
+    if state.is_main_process:
+        for r in range(world):
+            shard_file(r).unlink()
+        if not any(shard_dir.iterdir()):
+            shard_dir.rmdir()
+    compute_s, steps = max(s["compute_s"] for s in shards), sum(s["decoder_steps"] for s in shards)
+    audio_s = sum(s["audio_s"] for s in shards)
+    return merged, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": audio_s / max(compute_s, 1e-9),
+                    "decoder_steps": steps,
+                    "ms_per_step": 1000 * sum(s["compute_s"] for s in shards) / max(steps, 1)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,28 +166,46 @@ def write_encoder_cache(teacher, rows: pd.DataFrame, cache_dir: str | Path, batc
                         progress: bool = True) -> Path:
     """Store the teacher's encoder outputs for ``rows`` as one fp16 array (rows x frames x width) in
     ``cache_dir/encoder_outputs.npy`` (read memory-mapped), with ``cache.json`` tying each row to its
-    audio file, the teacher's encoder fingerprint and the feature settings."""
+    audio file, the teacher's encoder fingerprint and the feature settings.
+
+    Under a launcher every process encodes one contiguous block of ``rows`` (:func:`launch.shard_bounds`)
+    into its own slice of the same file: the cache is written by shards and read as one, identical to a
+    single process's. The main process creates the file and publishes it (rename, then ``cache.json``) once
+    every slice is in; on several machines ``cache_dir`` must be on a shared file system.
+    """
     from numpy.lib.format import open_memmap
     from tqdm.auto import tqdm
 
+    from .launch import process_state, shard_bounds
+
+    state = process_state()
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     model, fe = teacher.model.eval(), teacher.feature_extractor
     device = next(model.parameters()).device
     frames, width = model.config.max_source_positions, model.config.d_model
     tmp = cache_dir / "encoder_outputs.tmp.npy"
-    array = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(rows), frames, width))
-    for start in tqdm(range(0, len(rows), batch_size), desc="caching encoder outputs", disable=not progress):
-        audio = [read_audio(a, fe.sampling_rate) for a in rows["audio"].iloc[start:start + batch_size]]
+    if state.is_main_process:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        created = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(rows), frames, width))
+        del created  # header and size are on disk: the other processes may open the file now
+    state.wait_for_everyone()
+    array = open_memmap(tmp, mode="r+")
+    first, last = shard_bounds(len(rows), state.process_index, state.num_processes)
+    for start in tqdm(range(first, last, batch_size), desc="caching encoder outputs",
+                      disable=not (progress and state.is_main_process)):
+        audio = [read_audio(a, fe.sampling_rate) for a in rows["audio"].iloc[start:min(start + batch_size, last)]]
         feats = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features
         out = model.model.encoder(feats.to(device, model.dtype)).last_hidden_state
         array[start:start + len(audio)] = out.to("cpu", torch.float16).numpy()
     array.flush()
     del array
-    tmp.replace(cache_dir / "encoder_outputs.npy")
-    meta = {"teacher_fingerprint": encoder_fingerprint(model), "features": feature_settings(fe),
-            "shape": [len(rows), frames, width], "dtype": "float16", "audio": rows["audio"].tolist()}
-    write_json(cache_dir / "cache.json", meta)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        tmp.replace(cache_dir / "encoder_outputs.npy")
+        meta = {"teacher_fingerprint": encoder_fingerprint(model), "features": feature_settings(fe),
+                "shape": [len(rows), frames, width], "dtype": "float16", "audio": rows["audio"].tolist()}
+        write_json(cache_dir / "cache.json", meta)
+    state.wait_for_everyone()  # nobody reads the cache before it is published
     return cache_dir
 
 
@@ -150,3 +225,41 @@ def open_encoder_cache(cache_dir: str | Path, teacher, audio: list[str] | None =
     if audio is not None and list(audio) != meta["audio"]:
         raise ValueError(f"the encoder cache in {cache_dir} holds other utterances than the pseudo-label manifest")
     return np.load(cache_dir / "encoder_outputs.npy", mmap_mode="r")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole phase (notebook 03), in one process or under `accelerate launch`
+# ---------------------------------------------------------------------------------------------
+def run_phase(p) -> dict:
+    """Notebook 03 for its parameters ``p``: the teacher (``p.teacher`` or ``run_dir/teacher``) transcribes
+    ``run_dir/data/train.jsonl``; writes ``run_dir/pseudo/`` (``train.jsonl`` the kept rows, ``all.jsonl``,
+    ``skipped.csv``, ``report.json``) and, with ``p.cache_encoder_outputs``, ``pseudo/encoder_cache/``.
+    Returns the summary written to ``report.json``. On several processes the manifest and the cache are
+    sharded (:func:`pseudo_label`, :func:`write_encoder_cache`); only the main process writes manifests.
+    """
+    from . import data, models
+    from .launch import process_state
+
+    state = process_state()
+    teacher = models.load_whisper(p.teacher or p.run_dir / "teacher", device=state.device)
+    train_rows = data.load_manifest(p.run_dir / "data", "train")
+    out_dir = p.run_dir / "pseudo"
+    rows, summary = pseudo_label(teacher, train_rows, p.cer_threshold, p.batch_size,
+                                 progress=state.is_main_process, shard_dir=out_dir / "shards")
+    if state.is_main_process:
+        data.save_manifests(out_dir, {"train": rows[rows["kept"]], "all": rows},
+                            skipped=rows[~rows["kept"]][["audio", "status"]], report=summary)
+        print(f"pseudo-labels: kept {summary['kept']} of {summary['utterances']} utterances "
+              f"({summary['processes']} process(es)) -> {out_dir}")
+    if p.cache_encoder_outputs:
+        write_encoder_cache(teacher, rows[rows["kept"]], out_dir / "encoder_cache", p.batch_size,
+                            progress=state.is_main_process)
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .launch import main
+
+    sys.exit(main("pseudo"))

@@ -105,10 +105,16 @@ def build_trainer(p, loaded, train_ds, eval_ds, out_dir: Path, callbacks: list |
     if keep_best:
         callbacks = [EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience), *(callbacks or [])]
     collator = data_collator or WhisperCollator(loaded.processor, loaded.model.config.decoder_start_token_id)
-    return trainer_class(
+    trainer = trainer_class(
         model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
         processing_class=loaded.processor, compute_metrics=cer_metric(loaded.tokenizer), callbacks=callbacks,
         **trainer_kwargs)
+    # Whisper's forward takes **kwargs, so the Trainer takes its loss for one already divided by the tokens of
+    # the whole optimizer step on all processes and neither divides it by the accumulation steps nor undoes
+    # its own scaling by the process count; Whisper's loss is a plain mean over the batch. Say so, unless the
+    # trainer weighs tokens itself (DistillTrainer).
+    trainer.model_accepts_loss_kwargs = getattr(trainer, "loss_weighs_tokens", False)
+    return trainer
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
@@ -129,7 +135,8 @@ def memory_now() -> dict[str, float]:
 
 class LiveHistory(TrainerCallback):
     """Records train/eval loss, eval metrics and memory at every log, writes ``history.json`` after each,
-    and, when ``live``, redraws one figure in place in the notebook while training runs."""
+    and, when ``live``, redraws one figure in place in the notebook while training runs. With several
+    processes only the main one records (the Trainer logs losses averaged over all processes)."""
 
     def __init__(self, history_file: str | Path, live: bool = True, title: str = "training"):
         self.history_file = Path(history_file)
@@ -139,6 +146,8 @@ class LiveHistory(TrainerCallback):
         self._started = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:  # several processes: the main one records and draws
+            return
         record = {"step": state.global_step, "time_s": round(time.time() - self._started, 2),
                   **{k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}, **memory_now()}
         self.records.append(record)
