@@ -191,9 +191,24 @@ def transcribe(model, processor, manifest, batch_size: int, desc: str = "transcr
     predictions, stats = transcribe_rows(model, processor, manifest.iloc[start:stop], batch_size,
                                          progress=state.is_main_process, desc=desc)
     blocks = gather_object([(predictions, stats)])  # one (predictions, stats) per process, in rank order
-    merged = [text for block, _ in blocks for text in block]
-    audio_s, compute_s = sum(s["audio_s"] for _, s in blocks), max(s["compute_s"] for _, s in blocks)
-    steps = sum(s["decoder_steps"] for _, s in blocks)
-    return merged, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": audio_s / max(compute_s, 1e-9),
-                    "decoder_steps": steps,
-                    "ms_per_step": 1000 * sum(s["compute_s"] for _, s in blocks) / max(steps, 1)}
+    return [text for block, _ in blocks for text in block], merge_speed([s for _, s in blocks])
+
+
+def merge_speed(shards: list[dict]) -> dict:
+    """One ``evaluate.transcribe`` stats dict from those of processes that ran side by side.
+
+    Seconds of audio or of work (``*_s``) and step counts add up, except ``compute_s``, the wall time of
+    the run, which is the slowest process's; the rates are worked out again from the merged totals
+    (``rtfx`` = audio_s / compute_s, ``ms_per_step`` and ``decoder_steps_per_s`` per process-second).
+    """
+    merged = {}
+    for key in shards[0]:
+        values = [s[key] for s in shards]
+        merged[key] = max(values) if key == "compute_s" else sum(values)
+    busy_s, steps = sum(s["compute_s"] for s in shards), merged.get("decoder_steps", 0)
+    merged["rtfx"] = merged["audio_s"] / max(merged["compute_s"], 1e-9)
+    if "ms_per_step" in merged:
+        merged["ms_per_step"] = 1000 * busy_s / max(steps, 1)
+    if "decoder_steps_per_s" in merged:
+        merged["decoder_steps_per_s"] = steps / max(merged.get("decoder_s", 0.0), 1e-9)
+    return merged

@@ -107,7 +107,7 @@ def _transcribe_sharded(teacher, manifest: pd.DataFrame, batch_size: int, shard_
                         progress: bool) -> tuple[list[str], dict]:
     """This process's block of transcripts written as a shard; all shards read back in manifest order."""
     from .data import read_json
-    from .launch import shard_bounds
+    from .launch import merge_speed, shard_bounds
 
     rank, world = state.process_index, state.num_processes
 
@@ -136,11 +136,8 @@ def _transcribe_sharded(teacher, manifest: pd.DataFrame, batch_size: int, shard_
             shard_file(r).unlink()
         if not any(shard_dir.iterdir()):
             shard_dir.rmdir()
-    compute_s, steps = max(s["compute_s"] for s in shards), sum(s["decoder_steps"] for s in shards)
-    audio_s = sum(s["audio_s"] for s in shards)
-    return merged, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": audio_s / max(compute_s, 1e-9),
-                    "decoder_steps": steps,
-                    "ms_per_step": 1000 * sum(s["compute_s"] for s in shards) / max(steps, 1)}
+    return merged, merge_speed([{k: v for k, v in s.items() if k not in ("start", "stop", "audio", "predictions")}
+                                for s in shards])
 
 
 # ---------------------------------------------------------------------------------------------
