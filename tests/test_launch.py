@@ -126,8 +126,9 @@ def test_two_processes_of_batch_2_distil_like_one_process_of_batch_4(tmp_path, s
     """Two processes with 2 utterances each (DDP over gloo) against one process with 4: the same 4
     utterances make each optimizer step (accelerate hands process r the r-th half of the global batch),
     the loss is the mean over all the step's label tokens and DDP sums the per-process shares, so the
-    logged loss, CE and KL of every step agree within rtol 1e-4 (measured: ~1e-6, float32 rounding of
-    batches of another size). Dropout is 0 in the tiny model, so no random numbers enter the loss."""
+    logged loss, CE and KL of every step agree within rtol 1e-4 (atol 1e-5 for the KL, which starts at 0:
+    the student is cut from this teacher). Measured: at most 1.4e-6 apart on losses near 4.5 (relative
+    3e-7), the float32 rounding of batches of another size. Dropout is 0 in the tiny model."""
     one = distillation_run_dir(tmp_path / "one", synthetic_run)
     two = distillation_run_dir(tmp_path / "two", synthetic_run)
     run_command("helpers.distill", one, {**DISTILL, "per_device_train_batch_size": 4}, processes=1)
@@ -139,7 +140,7 @@ def test_two_processes_of_batch_2_distil_like_one_process_of_batch_4(tmp_path, s
 
     single, double = curve(one), curve(two)
     assert sorted(single) == sorted(double) == [1, 2, 3, 4]
-    np.testing.assert_allclose([double[s] for s in range(1, 5)], [single[s] for s in range(1, 5)], rtol=1e-4)
+    np.testing.assert_allclose([double[s] for s in range(1, 5)], [single[s] for s in range(1, 5)], rtol=1e-4, atol=1e-5)
     assert single[4][0] < single[1][0]  # it did learn: the comparison is not between two flat lines
     launched, alone = data.read_json(two / "student_kd" / "metrics.json"), data.read_json(one / "student_kd" / "metrics.json")
     assert launched["processes"] == 2 and alone["processes"] == 1 and launched["steps"] == alone["steps"] == 4
