@@ -146,7 +146,7 @@ class LiveHistory(TrainerCallback):
         self._started = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero:  # several processes: the main one records and draws
+        if not getattr(state, "is_world_process_zero", True):  # several processes: the main one records and draws
             return
         record = {"step": state.global_step, "time_s": round(time.time() - self._started, 2),
                   **{k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}, **memory_now()}
