@@ -142,3 +142,61 @@ def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame
     fig.colorbar(image, ax=axes[1])
     fig.tight_layout()
     return fig
+
+
+def model_comparison(results: pd.DataFrame, test_set: str):
+    """Left: CER per model (bars). Middle: speed-up over the reference model (bars). Right: accuracy against
+    speed, one point per model (lower right is better: fast and accurate). From ``evaluate.evaluate_models``."""
+    rows = results[(results["test_set"] == test_set) & (results["status"] == "ok")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    names = rows["model"].tolist()
+    colors = [f"C{i}" for i in range(len(names))]
+    for ax, column, label in ((axes[0], "cer", "CER (%), lower is better"),
+                              (axes[1], "speed_up", f"speed-up over the {results.attrs.get('reference', 'reference')}")):
+        bars = ax.bar(range(len(names)), rows[column], color=colors)
+        ax.bar_label(bars, fmt="%.1f" if column == "cer" else "%.2fx", fontsize=8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
+        ax.set(title=label)
+    axes[1].axhline(1, color="grey", lw=1, ls=":")
+    for (_, r), color in zip(rows.iterrows(), colors):
+        axes[2].scatter(r["rtfx"], r["cer"], s=40 + 30 * r["params_M"] / rows["params_M"].max() * 4, color=color,
+                        label=f"{r['model']} ({r['params_M']:.1f}M)")
+    axes[2].set(xlabel="RTFx (audio s per compute s), higher is faster", ylabel="CER (%)",
+                title="accuracy against speed (size: parameters)")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def alignment_html(pairs: list[tuple[str, str | None, str | None]]) -> str:
+    """An aligned reference/prediction (``text.align`` output) as two HTML rows: substitutions in orange,
+    deletions struck out in red on the reference row, insertions in green on the prediction row."""
+    from html import escape
+
+    style = {"equal": "", "substitute": "background:#fd8", "delete": "background:#f99;text-decoration:line-through",
+             "insert": "background:#9e9"}
+    ref, pred = [], []
+    for op, r, p in pairs:
+        cell = 'style="{}"'.format(style[op])
+        ref.append(f"<td {cell}>{escape(r) if r is not None else '·'}</td>")
+        pred.append(f"<td {cell}>{escape(p) if p is not None else '·'}</td>")
+    return ('<table style="border-collapse:collapse;font-size:90%"><tr><th>ref</th>' + "".join(ref)
+            + "</tr><tr><th>pred</th>" + "".join(pred) + "</tr></table>")
+
+
+def worst_examples(worst: pd.DataFrame, fold: str | None = "t2s"):
+    """Audio players for the worst utterances, each with its CER and the aligned reference and prediction."""
+    from html import escape
+
+    from IPython.display import HTML, Audio
+
+    from .text import align
+
+    blocks = []
+    for rec in worst.to_dict("records"):
+        blocks.append(f"<p><b>CER {rec['cer']:.0f}%</b> <small>({rec['duration']:.2f} s, {escape(rec['model'])})</small>"
+                      f"<br>reference: {escape(rec['reference'])}<br>prediction: {escape(str(rec['prediction']))}</p>"
+                      + alignment_html(align(rec["reference"], str(rec["prediction"]), fold=fold))
+                      + Audio(filename=rec["audio"])._repr_html_())
+    return HTML("".join(blocks))
