@@ -34,8 +34,24 @@ def check_schedule(init_r: int, target_r: int, tinit: int, tfinal: int, deltaT: 
         raise ValueError("AdaLoRA parameters:\n  - " + "\n  - ".join(problems))
 
 
+ADAPT_PARTS = {"decoder": "decoder", "encoder": "encoder", "all": "(?:encoder|decoder)"}
+
+
+def target_pattern(adapt: str, target_modules=TARGET_MODULES) -> str:
+    """The peft ``target_modules`` regular expression for the linear layers ``target_modules`` (leaf names)
+    of the ``adapt`` part of a Whisper model: ``"decoder"``, ``"encoder"`` or ``"all"`` (both).
+
+    peft matches it against full module names, e.g. ``model.decoder.layers.1.encoder_attn.q_proj``.
+    """
+    if adapt not in ADAPT_PARTS:
+        raise ValueError(f"adapt must be one of {sorted(ADAPT_PARTS)}, got {adapt!r}")
+    leaves = "|".join(re.escape(t) for t in target_modules)
+    return rf".*\b{ADAPT_PARTS[adapt]}\.layers\.\d+\.(?:self_attn\.|encoder_attn\.)?(?:{leaves})"
+
+
 def add_adalora(model, p, target_modules=TARGET_MODULES):
-    """Wrap a Whisper model in AdaLoRA adapters for notebook 06's parameters ``p``.
+    """Wrap a Whisper model in AdaLoRA adapters for notebook 06's parameters ``p``, on the linear layers
+    named ``target_modules`` in the part ``p.adapt`` (decoder, encoder or all; see :func:`target_pattern`).
 
     ``total_step`` is the optimizer-step count (``p.max_steps``); task type None, because the seq2seq
     task type would pass ``input_ids`` to Whisper, which takes ``input_features``.
@@ -43,6 +59,7 @@ def add_adalora(model, p, target_modules=TARGET_MODULES):
     from peft import AdaLoraConfig, get_peft_model
 
     check_schedule(p.init_r, p.target_r, p.tinit, p.tfinal, p.deltaT, p.max_steps)
+    pattern = target_pattern(p.adapt, target_modules)
     names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     unmatched = [t for t in target_modules if t not in names]
     if unmatched or not target_modules:
@@ -50,7 +67,7 @@ def add_adalora(model, p, target_modules=TARGET_MODULES):
                          f"its linear layers are named {sorted(names)}")
     config = AdaLoraConfig(init_r=p.init_r, target_r=p.target_r, tinit=p.tinit, tfinal=p.tfinal, deltaT=p.deltaT,
                            total_step=p.max_steps, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                           target_modules=list(target_modules), task_type=None)
+                           target_modules=pattern, task_type=None)
     return get_peft_model(model, config)
 
 

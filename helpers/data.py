@@ -1,7 +1,8 @@
 """One manifest format from three sources: your own CSV, a hub dataset, or the synthetic corpus.
 
 A manifest is a table with one row per utterance: ``audio`` (absolute path), ``text`` (as written),
-``duration`` (seconds), ``split`` (train/test), ``source`` (csv/hub/synthetic), plus whatever the source
+``duration`` (seconds), ``split`` (train/test, or ``unlabelled``: audio without a transcript, which only the
+teacher's pseudo-labels describe), ``source`` (csv/hub/synthetic), plus whatever the source
 adds (speaker, noise...). :func:`check_rows` keeps the rows a model can use and reports every other
 row with its reason, so nothing is dropped silently.
 """
@@ -16,6 +17,7 @@ import pandas as pd
 
 CSV_ENCODINGS = ("utf-8-sig", "cp950", "big5hkscs")  # utf-8-sig also reads plain UTF-8
 MANIFEST_COLUMNS = ["audio", "text", "duration", "split", "source"]
+UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labelled by the teacher only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,12 +93,18 @@ def load_hub(dataset: str, config: str | None, split: str, audio_column: str, te
     return pd.DataFrame(rows)
 
 
-def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int = 0) -> pd.DataFrame:
-    """The offline synthetic corpus (see :mod:`helpers.synth`), made once in ``out_dir`` and reused."""
+def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int = 0,
+                   num_unlabelled: int = 0) -> pd.DataFrame:
+    """The offline synthetic corpus (see :mod:`helpers.synth`), made once in ``out_dir`` and reused.
+
+    The ``unlabelled`` split (``num_unlabelled`` clips of the training speakers) comes without transcripts:
+    its ``text`` is emptied here, so no later step can learn from the sentences that were spoken.
+    """
     from . import synth
 
-    manifest = synth.write_corpus(out_dir, synth.default_splits(num_train, num_test, seed), seed=seed)
-    rows = pd.read_json(manifest, lines=True, dtype={"snr_db": float})
+    manifest = synth.write_corpus(out_dir, synth.default_splits(num_train, num_test, seed, num_unlabelled), seed=seed)
+    rows = pd.read_json(manifest, lines=True, dtype={"snr_db": float, "text": str})
+    rows.loc[rows["split"] == "unlabelled", "text"] = ""
     rows["audio"] = [str((Path(out_dir) / a).resolve()) for a in rows["audio"]]
     rows["row"] = range(len(rows))
     return rows
@@ -108,7 +116,8 @@ def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int
 def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``rows`` into usable rows (with ``duration`` filled in from the file header) and skipped
     rows (``audio``, ``row``, ``split``, ``reason``). Reasons: no audio path, missing file, unreadable
-    audio, empty audio, empty transcript, too long for the model's window."""
+    audio, empty audio, empty transcript (except in the ``unlabelled`` split, which has none), too long
+    for the model's window."""
     import soundfile as sf
 
     kept, skipped = [], []
@@ -128,7 +137,8 @@ def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.Dat
             except Exception as err:  # libsndfile says why: keep its words
                 detail = str(err).splitlines()[0].split("': ")[-1]  # libsndfile's reason, without the path
                 reason = f"unreadable audio ({detail[:60]})"
-        if reason is None and (not isinstance(rec["text"], str) or not rec["text"].strip()):
+        no_text = not isinstance(rec["text"], str) or not rec["text"].strip()
+        if reason is None and no_text and rec["split"] != UNLABELLED:
             reason = "empty transcript"
         if reason is None and max_duration_s and rec["duration"] > max_duration_s:
             reason = f"longer than {max_duration_s:g} s"
@@ -178,6 +188,16 @@ def load_manifest(data_dir: str | Path, split: str) -> pd.DataFrame:
     return pd.read_json(path, lines=True, dtype={"text": str})
 
 
+def audio_to_pseudo_label(data_dir: str | Path, include_unlabelled: bool = True) -> pd.DataFrame:
+    """What the teacher transcribes in notebook 03: the ``train`` manifest, followed by the ``unlabelled``
+    one (audio without transcripts) when ``include_unlabelled`` and notebook 01 wrote it. Never the test set.
+    Unlabelled rows have an empty ``text``: pseudo-labelling keeps them as ``kept (no reference)``."""
+    rows = load_manifest(data_dir, "train")
+    if include_unlabelled and (Path(data_dir) / f"{UNLABELLED}.jsonl").exists():
+        rows = pd.concat([rows, load_manifest(data_dir, UNLABELLED)], ignore_index=True)
+    return rows
+
+
 def _atomic_write(path: Path, content: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(content, "utf-8")
@@ -214,13 +234,14 @@ def to_dataset(manifest: pd.DataFrame, processor):
 def prepare(p) -> dict:
     """Build, check, split and save the manifests for notebook 01's parameters ``p`` (see config.py).
 
-    Returns ``{"train", "test", "skipped", "report"}``; files go to ``p.run_dir / "data"``.
+    Returns ``{"train", "test", "skipped", "report"}`` (and ``"unlabelled"`` when the synthetic source makes
+    ``p.num_unlabelled`` clips without transcripts); files go to ``p.run_dir / "data"``.
     """
     from .config import repo_path
 
     data_dir = Path(p.run_dir) / "data"
     if p.source == "synthetic":
-        rows = load_synthetic(Path(p.run_dir) / "corpus", p.num_train, p.num_test, p.seed)
+        rows = load_synthetic(Path(p.run_dir) / "corpus", p.num_train, p.num_test, p.seed, p.num_unlabelled or 0)
     elif p.source == "csv":
         if not p.train_csv:
             raise ValueError("source='csv' needs train_csv (a CSV with columns "
@@ -243,8 +264,10 @@ def prepare(p) -> dict:
     rows = rows.reset_index(drop=True)
     kept, skipped = check_rows(rows, p.max_duration_s)
     splits = {"train": take(kept, "train", p.num_train, p.seed), "test": take(kept, "test", p.num_test, p.seed)}
+    if p.source == "synthetic" and p.num_unlabelled:
+        splits[UNLABELLED] = take(kept, UNLABELLED, p.num_unlabelled, p.seed)
     for name, part in splits.items():
-        if part.empty:
+        if part.empty and name != UNLABELLED:
             raise ValueError(f"no usable {name} rows are left ({len(skipped)} skipped; see the skipped table). "
                              "Check the paths and transcripts of your data.")
     report = summarize(splits, skipped, p)

@@ -229,17 +229,18 @@ def open_encoder_cache(cache_dir: str | Path, teacher, audio: list[str] | None =
 # ---------------------------------------------------------------------------------------------
 def run_phase(p) -> dict:
     """Notebook 03 for its parameters ``p``: the teacher (``p.teacher`` or ``run_dir/teacher``) transcribes
-    ``run_dir/data/train.jsonl``; writes ``run_dir/pseudo/`` (``train.jsonl`` the kept rows, ``all.jsonl``,
-    ``skipped.csv``, ``report.json``) and, with ``p.cache_encoder_outputs``, ``pseudo/encoder_cache/``.
-    Returns the summary written to ``report.json``. On several processes the manifest and the cache are
-    sharded (:func:`pseudo_label`, :func:`write_encoder_cache`); only the main process writes manifests.
+    ``run_dir/data/train.jsonl`` (and ``unlabelled.jsonl`` with ``p.include_unlabelled``); writes
+    ``run_dir/pseudo/`` (``train.jsonl`` the kept rows, ``all.jsonl``, ``skipped.csv``, ``report.json``) and,
+    with ``p.cache_encoder_outputs``, ``pseudo/encoder_cache/``. Returns the summary written to ``report.json``.
+    On several processes the manifest and the cache are sharded (:func:`pseudo_label`,
+    :func:`write_encoder_cache`); only the main process writes manifests.
     """
     from . import data, models
     from .launch import process_state
 
     state = process_state()
     teacher = models.load_whisper(p.teacher or p.run_dir / "teacher", device=state.device)
-    train_rows = data.load_manifest(p.run_dir / "data", "train")
+    train_rows = data.audio_to_pseudo_label(p.run_dir / "data", p.include_unlabelled)
     out_dir = p.run_dir / "pseudo"
     rows, summary = pseudo_label(teacher, train_rows, p.cer_threshold, p.batch_size,
                                  progress=state.is_main_process, shard_dir=out_dir / "shards")

@@ -279,13 +279,24 @@ class SplitSpec:
     register: str = "mixed"
 
 
-def default_splits(num_train: int, num_test: int, seed: int = 0) -> list[SplitSpec]:
-    """The course corpus: the test split's speakers (voices f5, m6, m7) and noises (pink, hum) never occur in train."""
+def default_splits(num_train: int, num_test: int, seed: int = 0, num_unlabelled: int = 0) -> list[SplitSpec]:
+    """The course corpus: the test split's speakers (voices f5, m6, m7) and noises (pink, hum) never occur in train.
+
+    ``num_unlabelled`` > 0 adds an ``unlabelled`` split: other sentences from the *training* speakers and noises
+    (the untranscribed recordings a user has in plenty), never the test ones. The train and test splits do not
+    change with it (each split draws from its own seed).
+    """
+    if num_unlabelled < 0:
+        raise ValueError(f"num_unlabelled must be 0 or more, got {num_unlabelled}")
     rng = random.Random(f"speakers-{seed}")
     train_voices = ["cmn+f3", "cmn+f4", "cmn+m3", "cmn+m4", "cmn+m5"]
     test_voices = ["cmn+f5", "cmn+m6", "cmn+m7"]
-    return [SplitSpec("train", num_train, make_speakers(train_voices, 3, rng, "tr"), ("white", "brown")),
-            SplitSpec("test", num_test, make_speakers(test_voices, 2, rng, "te"), ("pink", "hum"))]
+    train_speakers, train_noises = make_speakers(train_voices, 3, rng, "tr"), ("white", "brown")
+    splits = [SplitSpec("train", num_train, train_speakers, train_noises),
+              SplitSpec("test", num_test, make_speakers(test_voices, 2, rng, "te"), ("pink", "hum"))]
+    if num_unlabelled:
+        splits.append(SplitSpec("unlabelled", num_unlabelled, train_speakers, train_noises))
+    return splits
 
 
 def plan_corpus(splits: list[SplitSpec], seed: int = 0, max_syllables: int = 14) -> list[dict]:

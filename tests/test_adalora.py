@@ -38,6 +38,20 @@ def test_target_modules_that_match_nothing_are_refused_naming_the_real_ones():
         adalora.add_adalora(fresh_model(), params(), target_modules=["query", "value"])
 
 
+@pytest.mark.parametrize("adapt, parts", [("decoder", {"decoder"}), ("encoder", {"encoder"}),
+                                           ("all", {"encoder", "decoder"})])
+def test_adapt_puts_adapters_on_the_chosen_part_only(adapt, parts):
+    ranks = adalora.current_ranks(adalora.add_adalora(fresh_model(), params(adapt=adapt)))
+    assert set(ranks["part"]) == parts
+    # 1 layer per part, 10 matrices each: self q k v out, cross q k v out, fc1, fc2 (decoder); encoder has no cross
+    assert len(ranks) == {"decoder": 10, "encoder": 6, "all": 16}[adapt]
+
+
+def test_an_unknown_adapt_value_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"adapt must be one of \['all', 'decoder', 'encoder'\], got 'both'"):
+        adalora.add_adalora(fresh_model(), params(adapt="both"))
+
+
 def test_planned_budget_is_peft_s_own_schedule():
     p = params(max_steps=40, tinit=5, tfinal=10, deltaT=3)
     model = adalora.add_adalora(fresh_model(), p)

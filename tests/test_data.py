@@ -191,6 +191,13 @@ def test_check_rows_skips_a_missing_transcript(tmp_path, text):
     assert _reason(manifest_rows((str(wav), text))) == "empty transcript"
 
 
+@pytest.mark.parametrize("text", ["", None])
+def test_check_rows_keeps_a_row_of_the_unlabelled_split_without_transcript(tmp_path, text):
+    wav = write_tone(tmp_path / "good.wav", 1.0)
+    kept, skipped = data.check_rows(manifest_rows((str(wav), text)).assign(split="unlabelled"), 5.0)
+    assert len(kept) == 1 and skipped.empty
+
+
 def test_check_rows_skips_audio_longer_than_the_maximum(tmp_path):
     wav = write_tone(tmp_path / "long.wav", 3.0)
     assert _reason(manifest_rows((str(wav), "你好")), max_duration_s=2.5) == "longer than 2.5 s"
@@ -453,6 +460,32 @@ def test_prepare_writes_manifests_that_load_back(synthetic_run):
     for split in ("train", "test"):
         assert data.load_manifest(data_dir, split)["text"].tolist() == result[split]["text"].tolist()
     assert json.loads((data_dir / "report.json").read_text("utf-8")) == result["report"]
+
+
+def test_prepare_synthetic_writes_an_unlabelled_split_without_transcripts_from_training_voices(synthetic_run):
+    from helpers import synth
+
+    params, result = synthetic_run
+    unlabelled = result["unlabelled"]
+    assert len(unlabelled) == 2 and (unlabelled["text"] == "").all()  # the spoken sentences are thrown away
+    train_voices = {s.voice for s in synth.default_splits(1, 1)[0].speakers}
+    assert set(unlabelled["voice"]) <= train_voices and not set(unlabelled["voice"]) & set(result["test"]["voice"])
+    written = data.load_manifest(Path(params.run_dir) / "data", "unlabelled")
+    assert written["audio"].tolist() == unlabelled["audio"].tolist()
+
+
+def test_audio_to_pseudo_label_is_train_then_unlabelled_never_test(synthetic_run):
+    params, result = synthetic_run
+    data_dir = Path(params.run_dir) / "data"
+    train, unlabelled = result["train"]["audio"].tolist(), result["unlabelled"]["audio"].tolist()
+    assert data.audio_to_pseudo_label(data_dir)["audio"].tolist() == train + unlabelled
+    assert data.audio_to_pseudo_label(data_dir, include_unlabelled=False)["audio"].tolist() == train
+
+
+def test_audio_to_pseudo_label_without_an_unlabelled_manifest_is_the_train_split(tmp_path):
+    splits = {"train": manifest_rows(("a.wav", "你好")), "test": manifest_rows(("b.wav", "再見"))}
+    data.save_manifests(tmp_path, splits, pd.DataFrame(), {})
+    assert data.audio_to_pseudo_label(tmp_path)["audio"].tolist() == ["a.wav"]
 
 
 def test_prepare_report_counts_utterances_and_hours(synthetic_run):

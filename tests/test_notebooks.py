@@ -36,13 +36,14 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_notebook(run_dir):
-    return run("01_data", run_dir, run_dir=str(run_dir), num_train=24, num_test=8, seed=3)
+    return run("01_data", run_dir, run_dir=str(run_dir), num_train=24, num_test=8, num_unlabelled=6, seed=3)
 
 
 def test_data_notebook_takes_its_sizes_and_seed_from_the_parameters(data_notebook, run_dir):
     report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
     assert report["seed"] == 3
     assert report["splits"]["train"]["utterances"] == 24 and report["splits"]["test"]["utterances"] == 8
+    assert report["splits"]["unlabelled"]["utterances"] == 6
     assert "num_train=24, num_test=8" in stdout(data_notebook)
     assert "2 rows kept, 5 skipped" in stdout(data_notebook)  # the messy-CSV demonstration
 
@@ -69,7 +70,8 @@ def pseudo_notebook(finetune_notebook, run_dir):
 
 def test_pseudo_label_notebook_writes_the_kept_rows_and_the_encoder_cache(pseudo_notebook, run_dir):
     summary = json.loads((run_dir / "pseudo" / "report.json").read_text("utf-8"))
-    assert summary["utterances"] == 24 and summary["cer_threshold"] == 100.0
+    assert summary["utterances"] == 24 + 6 and summary["cer_threshold"] == 100.0  # train + unlabelled clips
+    assert "24 with a transcript, 6 without" in stdout(pseudo_notebook)
     kept = (run_dir / "pseudo" / "train.jsonl").read_text("utf-8").splitlines()
     assert len(kept) == summary["kept"]
     cache = json.loads((run_dir / "pseudo" / "encoder_cache" / "cache.json").read_text("utf-8"))

@@ -167,6 +167,32 @@ def test_planned_test_clips_use_only_unseen_voices_and_noises():
     assert not test_noises & train_noises
 
 
+def test_default_splits_add_an_unlabelled_split_only_when_asked():
+    assert [s.name for s in synth.default_splits(10, 5)] == ["train", "test"]
+    assert [s.name for s in synth.default_splits(10, 5, num_unlabelled=7)] == ["train", "test", "unlabelled"]
+
+
+def test_unlabelled_split_uses_the_training_speakers_and_noises_never_the_test_ones():
+    train, test, unlabelled = synth.default_splits(10, 5, num_unlabelled=7)
+    assert unlabelled.size == 7
+    assert unlabelled.speakers == train.speakers and unlabelled.noises == train.noises
+    plan = synth.plan_corpus([train, test, unlabelled], seed=0)
+    test_voices = {r["voice"] for r in plan if r["split"] == "test"}
+    assert not {r["voice"] for r in plan if r["split"] == "unlabelled"} & test_voices
+
+
+def test_adding_unlabelled_clips_leaves_the_train_and_test_plans_unchanged():
+    without = synth.plan_corpus(synth.default_splits(8, 4), seed=0)
+    with_unlabelled = synth.plan_corpus(synth.default_splits(8, 4, num_unlabelled=5), seed=0)
+    assert with_unlabelled[:12] == without  # each split draws from its own seed
+    assert [r["split"] for r in with_unlabelled[12:]] == ["unlabelled"] * 5
+
+
+def test_default_splits_refuse_a_negative_number_of_unlabelled_clips():
+    with pytest.raises(ValueError, match="num_unlabelled must be 0 or more, got -1"):
+        synth.default_splits(8, 4, num_unlabelled=-1)
+
+
 def test_make_speakers_draws_per_voice_speakers_within_the_documented_ranges():
     speakers = synth.make_speakers(["cmn+f1", "cmn+m1"], 3, random.Random(0), "sp")
     assert [s.speaker_id for s in speakers] == ["sp00", "sp01", "sp02", "sp03", "sp04", "sp05"]
