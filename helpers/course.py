@@ -104,6 +104,17 @@ def key_figures(run_dir: Path) -> list[str]:
                      f"(teacher {teacher.get('cer', float('nan')):.1f}%)")
     if (m := read("student_adalora", "metrics.json")):
         lines.append(f"AdaLoRA student: test CER {m['cer_before']:.1f}% -> {m['cer_merged']:.1f}% (merged)")
+    if (m := read("eval", "results.json")):
+        for r in m["results"]:
+            if r.get("status") == "ok" and r.get("rtfx") is not None:
+                lines.append(f"eval {r['test_set']}: {r['model']} CER {r['cer']:.1f}%, {r['params_M']:.2f}M params, "
+                             f"RTFx {r['rtfx']:.0f} ({r['speed_up']:.2f}x the {m['reference']})")
+            elif r.get("status") != "ok":
+                lines.append(f"eval {r['test_set']}: {r['model']} failed ({r['status']})")
+        if (spec := m.get("speculative")):
+            lines.append(f"speculative decoding ({spec['teacher']} + {spec['assistant_model']}): "
+                         f"{spec['differ']} of {spec['utterances']} transcripts differ from the teacher's, "
+                         f"{spec['speed_up']:.2f}x its speed")
     return lines
 
 

@@ -167,3 +167,23 @@ def test_main_refuses_unknown_parameters_of_the_real_notebooks_before_running(no
     err = capsys.readouterr().err
     assert "no_such_param" in err
     assert all(name in err for name in ("num_train", "source", "run_dir", "profile"))
+
+
+# ---------------------------------------------------------------- key figures
+
+
+def test_key_figures_read_the_evaluation_results(tmp_path):
+    from helpers.data import write_json
+
+    write_json(tmp_path / "eval" / "results.json", {
+        "reference": "fine-tuned teacher",
+        "results": [{"test_set": "test", "model": "distilled student", "status": "ok", "cer": 41.04, "params_M": 3.38,
+                     "rtfx": 251.3, "speed_up": 1.54},
+                    {"test_set": "test", "model": "broken", "status": "FileNotFoundError: gone", "cer": None}],
+        "speculative": {"teacher": "fine-tuned teacher", "assistant_model": "distilled student", "differ": 0,
+                        "utterances": 50, "speed_up": 0.7}})
+    assert course.key_figures(tmp_path) == [
+        "eval test: distilled student CER 41.0%, 3.38M params, RTFx 251 (1.54x the fine-tuned teacher)",
+        "eval test: broken failed (FileNotFoundError: gone)",
+        "speculative decoding (fine-tuned teacher + distilled student): 0 of 50 transcripts differ from the "
+        "teacher's, 0.70x its speed"]
