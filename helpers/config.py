@@ -35,7 +35,7 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
     "04_student_init": dict(teacher=None, student_source="teacher", decoder_layers=2, encoder_layers=None,
                             batch_size=32),
     "05_distill": dict(teacher=None, student=None, ce_weight=0.8, kl_weight=1.0, temperature=2.0, freeze_encoder=True,
-                       use_encoder_cache=True, max_steps=600, learning_rate=1e-3, warmup_steps=50,
+                       use_encoder_cache=True, max_steps=1000, learning_rate=2e-3, warmup_steps=100,
                        per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=200, save_steps=200,
                        early_stopping_patience=3, per_device_eval_batch_size=32, generation_max_length=96,
                        fp16=False, bf16=False, resume=False),
