@@ -72,22 +72,23 @@ def add_adalora(model, p, target_modules=TARGET_MODULES):
 
 
 def current_ranks(peft_model) -> pd.DataFrame:
-    """Rank of every adapted matrix now: the count of its non-zero singular values (``lora_E``).
+    """Rank of every adapted matrix now: the count of its non-zero singular values (``lora_E``), as
+    :func:`ranks_table`."""
+    return ranks_table({name.split(".lora_E")[0]: int((param.detach() != 0).sum())
+                        for name, param in peft_model.named_parameters() if "lora_E" in name})
 
-    Columns: ``module`` (full name), ``part`` (encoder/decoder), ``layer``, ``matrix`` (e.g. ``self q``,
-    ``cross v``, ``fc1``) and ``rank``.
-    """
+
+def ranks_table(ranks: dict[str, int]) -> pd.DataFrame:
+    """``{module name: rank}`` (as in ``metrics.json``'s ``final_ranks``) as a table with columns ``module``
+    (full name), ``part`` (encoder/decoder), ``layer``, ``matrix`` (e.g. ``self q``, ``cross v``, ``fc1``)
+    and ``rank``."""
     rows = []
-    for name, param in peft_model.named_parameters():
-        if "lora_E" not in name:
-            continue
-        module = name.split(".lora_E")[0]
+    for module, rank in ranks.items():
         match = re.search(r"(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)?\.?(\w+)$", module)
         part, layer, attn, leaf = match.groups()
         matrix = leaf if attn is None else f"{'cross' if attn == 'encoder_attn' else 'self'} {leaf.replace('_proj', '')}"
-        rows.append({"module": module, "part": part, "layer": int(layer), "matrix": matrix,
-                     "rank": int((param.detach() != 0).sum())})
-    return pd.DataFrame(rows)
+        rows.append({"module": module, "part": part, "layer": int(layer), "matrix": matrix, "rank": int(rank)})
+    return pd.DataFrame(rows, columns=["module", "part", "layer", "matrix", "rank"])
 
 
 def planned_budget(p, n_matrices: int) -> pd.DataFrame:

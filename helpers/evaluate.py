@@ -477,7 +477,9 @@ def conclusion(results: pd.DataFrame, test_set: str, teacher: str | None = None,
             f"of the {teacher}'s {t['params_M']:.1f}M ({s['decoder_layers']} decoder layers instead of "
             f"{t['decoder_layers']}). It transcribes at {s['rtfx']:.0f}x real time against {t['rtfx']:.0f}x, a "
             f"{s['rtfx'] / t['rtfx']:.2f}x speed-up end to end ({s['decoder_steps_per_s'] / t['decoder_steps_per_s']:.2f}x "
-            f"per decoder step), and it is {verdict} the {teacher} (CER {s['cer']:.1f}% vs {t['cer']:.1f}%).")
+            f"per decoder step), and it is {verdict} the {teacher} (CER {s['cer']:.1f}% vs {t['cer']:.1f}%). "
+            f"The encoder, which both run in full, takes {100 * t['encoder_s'] / t['compute_s']:.0f}% of the "
+            f"{teacher}'s compute here: a shorter decoder can only save on the rest.")
 
 
 # ---------------------------------------------------------------------------------------------

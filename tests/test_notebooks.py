@@ -78,8 +78,6 @@ def test_pseudo_label_notebook_writes_the_kept_rows_and_the_encoder_cache(pseudo
     assert cache["shape"][0] == summary["kept"]
 
 
-
-
 @pytest.fixture(scope="module")
 def student_notebook(pseudo_notebook, run_dir):
     return run("04_student_init", run_dir, run_dir=str(run_dir), decoder_layers=3, batch_size=8)
@@ -92,10 +90,48 @@ def test_student_notebook_copies_the_layers_asked_for(student_notebook, run_dir)
     assert models.load_whisper(run_dir / "student_init").model.config.decoder_layers == 3
 
 
-def test_distill_notebook_uses_the_cache_and_the_given_loss_weights(student_notebook, run_dir):
-    nb = run("05_distill", run_dir, run_dir=str(run_dir), max_steps=4, eval_steps=2, save_steps=2,
-             per_device_train_batch_size=4, per_device_eval_batch_size=8, kl_weight=0.5, live_plot=False)
-    assert "encoder mode: cached" in stdout(nb)
+@pytest.fixture(scope="module")
+def distill_notebook(student_notebook, run_dir):
+    return run("05_distill", run_dir, run_dir=str(run_dir), max_steps=4, eval_steps=2, save_steps=2,
+               per_device_train_batch_size=4, per_device_eval_batch_size=8, kl_weight=0.5, live_plot=False)
+
+
+def test_distill_notebook_uses_the_cache_and_the_given_loss_weights(distill_notebook, run_dir):
+    assert "encoder mode: cached" in stdout(distill_notebook)
     metrics = json.loads((run_dir / "student_kd" / "metrics.json").read_text("utf-8"))
     assert metrics["mode"] == "cached" and metrics["steps"] == 4
     assert models.load_whisper(run_dir / "student_kd").model.config.decoder_layers == 3
+
+
+@pytest.fixture(scope="module")
+def adalora_notebook(distill_notebook, run_dir):
+    return run("06_adalora", run_dir, run_dir=str(run_dir), max_steps=8, tinit=2, tfinal=2, deltaT=2, eval_steps=4,
+               save_steps=4, per_device_train_batch_size=4, per_device_eval_batch_size=8, live_plot=False)
+
+
+def test_adalora_notebook_trains_the_given_schedule_and_merges_exactly(adalora_notebook, run_dir):
+    metrics = json.loads((run_dir / "student_adalora" / "metrics.json").read_text("utf-8"))
+    assert metrics["identical_after_merge"] == 8  # every test transcript
+    budget = json.loads((run_dir / "student_adalora" / "rank_budget.json").read_text("utf-8"))
+    assert budget and max(r["step"] for r in budget) <= 8
+    assert models.load_whisper(run_dir / "student_adalora").model.config.decoder_layers == 3
+    assert "adapted matrices" in stdout(adalora_notebook)
+
+
+def test_eval_notebook_compares_every_stage_and_checks_speculative_decoding(adalora_notebook, run_dir):
+    nb = run("07_eval", run_dir, run_dir=str(run_dir), batch_size=4, speed_rounds=1, speculative_limit=3)
+    results = json.loads((run_dir / "eval" / "results.json").read_text("utf-8"))
+    assert [r["model"] for r in results["results"]] == ["base teacher", "fine-tuned teacher", "student before KD",
+                                                        "distilled student", "AdaLoRA student"]
+    assert all(r["status"] == "ok" for r in results["results"]) and results["reference"] == "fine-tuned teacher"
+    assert results["speculative"]["differ"] == 0 and results["speculative"]["utterances"] == 3
+    assert "0 transcripts differ from the teacher's greedy ones" in stdout(nb)
+
+
+def test_eval_notebook_reports_a_missing_model_and_goes_on(adalora_notebook, run_dir, tmp_path):
+    models_given = {"fine-tuned teacher": str(run_dir / "teacher"), "missing": str(tmp_path / "no_model")}
+    nb = run("07_eval", tmp_path, run_dir=str(run_dir), models=models_given, batch_size=4, speed_rounds=1)
+    results = json.loads((run_dir / "eval" / "results.json").read_text("utf-8"))
+    status = {r["model"]: r["status"] for r in results["results"]}
+    assert status["fine-tuned teacher"] == "ok" and status["missing"].startswith("FileNotFoundError")
+    assert "missing on test: FileNotFoundError" in stdout(nb)
