@@ -20,7 +20,7 @@ whisper-small 12+12 -> 12+2 is 2.89x end to end (GPU, batch 64).
     python bench/decode_speed.py                                  # whisper-small, batches 1 and 8 (CPU) / 1 and 64 (GPU)
     python bench/decode_speed.py --shapes whisper-small breeze-asr-25 --batch-sizes 1 64 --new-tokens 128
 
-Results go to bench/results/decode_speed_<device>.json.
+Results go to bench/results/decode_speed_<device>_<shapes>.json.
 """
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     rows = []
     for shape in args.shapes:
         rows += measure(shape, args.batch_sizes, args.new_tokens, args.repeats, device, dtype)
-    out = Path(__file__).parent / "results" / f"decode_speed_{'gpu' if on_gpu else 'cpu'}.json"
+    out = Path(__file__).parent / "results" / f"decode_speed_{'gpu' if on_gpu else 'cpu'}_{'_'.join(args.shapes)}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": name, "dtype": args.dtype, "torch": torch.__version__, "rows": rows},
                               indent=2))
