@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, GenerationMixin, WhisperForCausalLM, WhisperForConditionalGeneration
+from transformers import GenerationConfig, GenerationMixin, WhisperForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import models, student  # noqa: E402
+from helpers import evaluate, models, student  # noqa: E402
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257
@@ -71,17 +71,6 @@ def build_pair(shape: str, device, dtype):
     teacher = WhisperForConditionalGeneration(models.real_config(shape)).to(device, dtype).eval()
     small, _ = student.init_student(teacher, decoder_layers=2)
     return teacher, small.to(device, dtype).eval()
-
-
-def decoder_assistant(small):
-    """The student's decoder as a WhisperForCausalLM (it reads the teacher's encoder outputs)."""
-    import copy
-
-    assistant = WhisperForCausalLM(copy.deepcopy(small.config))
-    assistant.load_state_dict({k: v for k, v in small.state_dict().items()
-                               if k.startswith("model.decoder.") or k == "proj_out.weight"})
-    p = next(small.parameters())
-    return assistant.to(p.device, p.dtype).eval()
 
 
 def zero_unmapped_layers(teacher, kept: list[int]) -> None:
@@ -143,7 +132,7 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, d
         feats = torch.randn(1, cfg.num_mel_bins, 2 * cfg.max_source_positions, device=device, dtype=dtype)
         with torch.no_grad():
             encoded = BaseModelOutput(last_hidden_state=teacher.model.encoder(feats).last_hidden_state)
-        assistant = decoder_assistant(small)
+        assistant = evaluate.decoder_only(small)  # reads the teacher's encoder outputs
         alone = next(r for r in rows if r["batch"] == 1)
         spec = {}
         for case in ("worst case (random teacher)", "best case (teacher agrees on every token)"):

@@ -493,8 +493,6 @@ def make_assistant(teacher, student) -> tuple[object, str]:
     a ``WhisperForCausalLM`` that reads the teacher's encoder outputs (no second encoder pass); otherwise
     the whole student runs, its own encoder included.
     """
-    from transformers import WhisperForCausalLM
-
     from .distill import same_encoder
     from .student import check_compatible
 
@@ -504,15 +502,23 @@ def make_assistant(teacher, student) -> tuple[object, str]:
         raise ValueError("speculative decoding needs the teacher's tokenizer in the assistant: " + str(err)) from err
     t_param = next(teacher.model.parameters())
     if same_encoder(teacher.model, student.model):
-        decoder = WhisperForCausalLM(copy.deepcopy(student.model.config))  # its __init__ edits the config
-        weights = {k: v for k, v in student.model.state_dict().items()
-                   if k.startswith("model.decoder.") or k == "proj_out.weight"}
-        decoder.load_state_dict(weights, strict=True)
-        decoder.generation_config = copy.deepcopy(student.model.generation_config)  # generate() edits it
-        return decoder.to(t_param.device, t_param.dtype).eval(), \
+        return decoder_only(student.model).to(t_param.device, t_param.dtype), \
             "decoder only: reads the teacher's encoder outputs (the encoders are identical)"
     return student.model.to(t_param.device).eval(), \
         "whole student: its encoder differs from the teacher's, so it runs its own"
+
+
+def decoder_only(model):
+    """The decoder (and output projection) of a Whisper ``model`` as a ``WhisperForCausalLM`` in eval mode: an
+    assistant that reads the encoder outputs the main model computed. ``model`` is left as it is."""
+    from transformers import WhisperForCausalLM
+
+    decoder = WhisperForCausalLM(copy.deepcopy(model.config))  # its __init__ edits the config
+    decoder.load_state_dict({k: v for k, v in model.state_dict().items()
+                             if k.startswith("model.decoder.") or k == "proj_out.weight"}, strict=True)
+    decoder.generation_config = copy.deepcopy(model.generation_config)  # generate() edits the assistant's
+    param = next(model.parameters())
+    return decoder.to(param.device, param.dtype).eval()
 
 
 def pick_speculative_pair(model_paths: dict[str, str], speculative) -> tuple[str, str] | None:

@@ -68,11 +68,6 @@ def process_state():
     return _OneProcess(num_processes=1, process_index=0, is_main_process=True, device=device)
 
 
-def is_main_process() -> bool:
-    """True in the process that writes files (rank 0), and when nothing was launched."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def shard_bounds(n_rows: int, rank: int, n_shards: int) -> tuple[int, int]:
     """``(start, stop)`` of shard ``rank`` of ``n_rows`` rows cut into ``n_shards`` contiguous blocks whose sizes
     differ by at most one, the larger blocks first (10 rows in 3 shards: 0-4, 4-7, 7-10). Concatenating the
@@ -176,7 +171,8 @@ def notebook_launch(phase: str, p, num_processes: int = 1) -> dict:
     return read_json(results)
 
 
-def transcribe(model, processor, manifest, batch_size: int, desc: str = "transcribing") -> tuple[list[str], dict]:
+def transcribe(model, processor, manifest, batch_size: int, desc: str = "transcribing",
+               progress: bool = True) -> tuple[list[str], dict]:
     """``evaluate.transcribe`` shared out: each process transcribes one contiguous block of ``manifest``
     and every process gets all transcripts back in manifest order (``stats`` as for one process, with
     ``compute_s`` the slowest block's wall time). Alone, exactly ``evaluate.transcribe``."""
@@ -184,12 +180,12 @@ def transcribe(model, processor, manifest, batch_size: int, desc: str = "transcr
 
     state = process_state()
     if state.num_processes == 1:
-        return transcribe_rows(model, processor, manifest, batch_size, desc=desc)
+        return transcribe_rows(model, processor, manifest, batch_size, desc=desc, progress=progress)
     from accelerate.utils import gather_object
 
     start, stop = shard_bounds(len(manifest), state.process_index, state.num_processes)
     predictions, stats = transcribe_rows(model, processor, manifest.iloc[start:stop], batch_size,
-                                         progress=state.is_main_process, desc=desc)
+                                         progress=progress and state.is_main_process, desc=desc)
     blocks = gather_object([(predictions, stats)])  # one (predictions, stats) per process, in rank order
     return [text for block, _ in blocks for text in block], merge_speed([s for _, s in blocks])
 

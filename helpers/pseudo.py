@@ -16,7 +16,6 @@ import torch
 from . import text
 from .collate import read_audio
 from .data import write_json
-from .evaluate import transcribe
 
 # A unit of 1-8 characters repeated 4 or more times in a row ("的的的的", "meetingmeetingmeetingmeeting").
 _LOOP = re.compile(r"(.{1,8}?)\1{3,}")
@@ -71,73 +70,29 @@ def label_rows(manifest: pd.DataFrame, predictions: list[str], cer_threshold: fl
 
 
 def pseudo_label(teacher, manifest: pd.DataFrame, cer_threshold: float, batch_size: int = 16,
-                 progress: bool = True, shard_dir: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Transcribe ``manifest`` with ``teacher`` (a LoadedWhisper) and label every row; returns (rows, summary).
 
     Alone, one process transcribes everything. Under a launcher (``WORLD_SIZE`` > 1) each process transcribes
-    one contiguous block of the manifest (:func:`launch.shard_bounds`), writes its transcripts to
-    ``shard_dir/predictions.<rank>-of-<n>.json`` atomically, waits for the others, and reads all shards back
-    in rank order, so every process returns the same rows, in manifest order, as one process would.
-    ``summary`` adds ``processes``; its ``compute_s`` is the slowest shard's wall time.
+    one contiguous block of the manifest and the blocks are gathered in rank order (:func:`launch.transcribe`),
+    so every process returns the same rows, in manifest order, as one process would. ``summary`` adds
+    ``processes``; its ``compute_s`` is the slowest block's wall time.
     """
     from .launch import process_state
+    from .launch import transcribe as transcribe_shared
 
     if not 0 <= cer_threshold:
         raise ValueError(f"cer_threshold is a percentage (e.g. 10), got {cer_threshold}")
-    state = process_state()
-    if state.num_processes == 1:
-        predictions, speed = transcribe(teacher.model, teacher.processor, manifest, batch_size, progress=progress,
-                                        desc="pseudo-labelling")
-    else:
-        if shard_dir is None:
-            raise ValueError(f"pseudo-labelling on {state.num_processes} processes needs shard_dir, a folder all "
-                             "processes can read (on several machines: a shared file system)")
-        predictions, speed = _transcribe_sharded(teacher, manifest, batch_size, Path(shard_dir), state,
-                                                 progress and state.is_main_process)
+    predictions, speed = transcribe_shared(teacher.model, teacher.processor, manifest, batch_size,
+                                           desc="pseudo-labelling", progress=progress)
     rows = label_rows(manifest, predictions, cer_threshold)
     labelled = rows[rows["reference"].notna()]
     summary = {"utterances": len(rows), "kept": int(rows["kept"].sum()), "cer_threshold": cer_threshold,
-               "by_status": rows["status"].value_counts().to_dict(), **speed, "processes": state.num_processes,
+               "by_status": rows["status"].value_counts().to_dict(), **speed,
+               "processes": process_state().num_processes,
                "teacher_cer": text.cer(labelled["reference"].tolist(), labelled["teacher_text"].tolist())
                if len(labelled) else None}
     return rows, summary
-
-
-def _transcribe_sharded(teacher, manifest: pd.DataFrame, batch_size: int, shard_dir: Path, state,
-                        progress: bool) -> tuple[list[str], dict]:
-    """This process's block of transcripts written as a shard; all shards read back in manifest order."""
-    from .data import read_json
-    from .launch import merge_speed, shard_bounds
-
-    rank, world = state.process_index, state.num_processes
-
-    def shard_file(r):
-        return shard_dir / f"predictions.{r:05d}-of-{world:05d}.json"
-
-    start, stop = shard_bounds(len(manifest), rank, world)
-    predictions, speed = transcribe(teacher.model, teacher.processor, manifest.iloc[start:stop], batch_size,
-                                    progress=progress, desc=f"pseudo-labelling (shard {rank + 1} of {world})")
-    write_json(shard_file(rank), {"start": start, "stop": stop, "audio": manifest["audio"].iloc[start:stop].tolist(),
-                                  "predictions": predictions, **speed})
-    state.wait_for_everyone()
-    merged, shards = [], []
-    for r in range(world):
-        shard = read_json(shard_file(r))
-        first, last = shard_bounds(len(manifest), r, world)
-        if shard is None or (shard["start"], shard["stop"]) != (first, last) or \
-                shard["audio"] != manifest["audio"].iloc[first:last].tolist():
-            raise RuntimeError(f"{shard_file(r)} is missing or holds other rows than rows {first}-{last} of this "
-                               "manifest: did every process read the same manifest?")
-        merged += shard["predictions"]
-        shards.append(shard)
-    state.wait_for_everyone()  # every process has read every shard before they are removed
-    if state.is_main_process:
-        for r in range(world):
-            shard_file(r).unlink()
-        if not any(shard_dir.iterdir()):
-            shard_dir.rmdir()
-    return merged, merge_speed([{k: v for k, v in s.items() if k not in ("start", "stop", "audio", "predictions")}
-                                for s in shards])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +197,7 @@ def run_phase(p) -> dict:
     teacher = models.load_whisper(p.teacher or p.run_dir / "teacher", device=state.device)
     train_rows = data.audio_to_pseudo_label(p.run_dir / "data", p.include_unlabelled)
     out_dir = p.run_dir / "pseudo"
-    rows, summary = pseudo_label(teacher, train_rows, p.cer_threshold, p.batch_size,
-                                 progress=state.is_main_process, shard_dir=out_dir / "shards")
+    rows, summary = pseudo_label(teacher, train_rows, p.cer_threshold, p.batch_size, progress=state.is_main_process)
     if state.is_main_process:
         data.save_manifests(out_dir, {"train": rows[rows["kept"]], "all": rows},
                             skipped=rows[~rows["kept"]][["audio", "status"]], report=summary)
