@@ -36,7 +36,7 @@ from transformers import GenerationConfig, GenerationMixin, WhisperForConditiona
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import evaluate, models, student  # noqa: E402
+from helpers import models, student  # noqa: E402
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257
@@ -132,7 +132,7 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, d
         feats = torch.randn(1, cfg.num_mel_bins, 2 * cfg.max_source_positions, device=device, dtype=dtype)
         with torch.no_grad():
             encoded = BaseModelOutput(last_hidden_state=teacher.model.encoder(feats).last_hidden_state)
-        assistant = evaluate.decoder_only(small)  # reads the teacher's encoder outputs
+        assistant = models.decoder_only(small)  # reads the teacher's encoder outputs
         alone = next(r for r in rows if r["batch"] == 1)
         spec = {}
         for case in ("worst case (random teacher)", "best case (teacher agrees on every token)"):

@@ -8,28 +8,30 @@ the allocator by itself: without :class:`RankAllocatorCallback` AdaLoRA silently
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+from . import config, models, train
+from .collate import to_dataset
+from .decode import transcribe
+from .files import RunDir, write_json
+from .manifest import load_manifest
+from .text import score
+
+TARGET_MODULES = train.LORA_TARGETS
 
 
 def check_schedule(init_r: int, target_r: int, tinit: int, tfinal: int, deltaT: int, total_step: int) -> None:
-    """Refuse an AdaLoRA schedule that cannot work, before training starts."""
-    problems = []
-    if not 0 < target_r <= init_r:
-        problems.append(f"target_r ({target_r}) must be between 1 and init_r ({init_r}): AdaLoRA only removes rank")
-    if tinit < 0 or tfinal < 0 or deltaT < 1:
-        problems.append(f"tinit ({tinit}) and tfinal ({tfinal}) must be >= 0 and deltaT ({deltaT}) >= 1")
-    elif tinit + tfinal >= total_step:
-        problems.append(f"tinit + tfinal ({tinit} + {tfinal}) must be below the optimizer steps ({total_step}), "
-                        "leaving steps in which ranks are reallocated")
-    elif deltaT >= total_step - tinit - tfinal:
-        problems.append(f"deltaT ({deltaT}) is not shorter than the reallocation phase "
-                        f"({total_step - tinit - tfinal} steps): ranks would never be reallocated")
+    """Refuse an AdaLoRA schedule that cannot work, before training starts (``config`` checks the same
+    when the parameters are resolved)."""
+    problems = config.adalora_schedule_problems(init_r, target_r, tinit, tfinal, deltaT, total_step)
+    if target_r < 1 or tinit < 0 or tfinal < 0 or deltaT < 1:
+        problems.insert(0, f"target_r ({target_r}) and deltaT ({deltaT}) must be >= 1, tinit ({tinit}) and "
+                           f"tfinal ({tfinal}) >= 0")
     if problems:
         raise ValueError("AdaLoRA parameters:\n  - " + "\n  - ".join(problems))
 
@@ -130,16 +132,12 @@ class RankAllocatorCallback(TrainerCallback):
 def merge_and_save(peft_model, processor, out_dir: str | Path) -> tuple[object, Path]:
     """Save the adapter alone to ``out_dir/adapter`` and the merged plain Whisper model (processor and
     generation config included) to ``out_dir``; returns the merged model and the folder."""
-    from .models import save_whisper
-
-    import warnings
-
     out_dir = Path(out_dir)
     with warnings.catch_warnings():  # matrices pruned to rank 0 are saved empty, which peft mistakes for unsharded
         warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
         peft_model.save_pretrained(out_dir / "adapter")
     merged = peft_model.merge_and_unload()
-    save_whisper(merged, processor, out_dir)
+    models.save_whisper(merged, processor, out_dir)
     return merged, out_dir
 
 
@@ -150,28 +148,25 @@ def run_phase(p) -> dict | None:
     ``history.json`` and ``rank_budget.json`` (total rank after each allocation). Returns the metrics in the
     main process; the other processes of a launched run (which train and score their share) return None.
     """
-    from . import data, models, train
-    from .data import write_json
-    from .evaluate import score
-    from .launch import transcribe
-
-    train.check_params(p)
-    student = models.load_whisper(p.student or p.run_dir / "student_kd")
-    train_rows, test_rows = data.load_manifest(p.run_dir / "data", "train"), data.load_manifest(p.run_dir / "data", "test")
+    run = RunDir(p.run_dir)
+    student = models.load_whisper(p.student or run.student_kd)
+    train_rows, test_rows = load_manifest(run.data, "train"), load_manifest(run.data, "test")
     peft_model = add_adalora(student.model, p)
     trainable, total = peft_model.get_nb_trainable_parameters()
     refs = test_rows["text"].tolist()
     before = score(refs, transcribe(student.model, student.processor, test_rows, p.per_device_eval_batch_size,
                                     desc="student before AdaLoRA")[0])
-    out_dir = Path(p.run_dir) / "student_adalora"
+    out_dir = run.student_adalora
     out_dir.mkdir(parents=True, exist_ok=True)
     allocator = RankAllocatorCallback(peft_model)
-    history = train.LiveHistory(out_dir / "history.json", live=p.live_plot, title="AdaLoRA")
+    history = train.LiveHistory(run.history("student_adalora"), live=p.live_plot, title="AdaLoRA")
     loaded = models.LoadedWhisper(peft_model, student.processor, student.source)
-    trainer = train.build_trainer(p, loaded, data.to_dataset(train_rows, loaded.processor),
-                                  data.to_dataset(test_rows, loaded.processor), out_dir, [allocator, history],
+    trainer = train.build_trainer(p, loaded, to_dataset(train_rows, loaded.processor),
+                                  to_dataset(test_rows, loaded.processor), out_dir, [allocator, history],
                                   keep_best=False)
-    train.run_training(trainer, history, out_dir, p.resume)
+    with warnings.catch_warnings():  # checkpoints hold matrices pruned to rank 0, which peft mistakes for unsharded
+        warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
+        train.run_training(trainer, history, out_dir, p.resume)
     ranks = current_ranks(peft_model)
     adapter_predictions, _ = transcribe(peft_model, loaded.processor, test_rows, p.per_device_eval_batch_size,
                                         desc="adapter model")
@@ -187,7 +182,7 @@ def run_phase(p) -> dict | None:
                "trainable_M": trainable / 1e6, "total_M": total / 1e6,
                "final_ranks": ranks.set_index("module")["rank"].to_dict(),
                "processes": trainer.accelerator.num_processes}
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(run.metrics("student_adalora"), metrics)
     write_json(out_dir / "rank_budget.json", allocator.budget)
     print(f"AdaLoRA student: test CER {before['cer']:.1f}% -> {merged_scores['cer']:.1f}% merged "
           f"({metrics['processes']} process(es)) -> {out_dir}")
@@ -197,6 +192,4 @@ def run_phase(p) -> dict | None:
 if __name__ == "__main__":
     import sys
 
-    from .launch import main
-
-    sys.exit(main("adalora"))
+    sys.exit(config.phase_main("adalora", run_phase))

@@ -1,47 +1,44 @@
-"""Turning manifest rows into Whisper model inputs: audio reading, log-mel features, label padding."""
+"""Turning manifest rows into Whisper model inputs: datasets whose features are made on the fly, label padding."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-
-def read_audio(path: str | Path, sampling_rate: int = 16_000) -> np.ndarray:
-    """Read an audio file with soundfile (wav, flac, ogg, mp3), average to mono and resample with
-    librosa to ``sampling_rate`` Hz. Returns float32 samples; raises ``ValueError`` for empty audio."""
-    import librosa
-    import soundfile as sf
-
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if audio.size == 0:
-        raise ValueError(f"{path}: the audio file holds no samples")
-    if rate != sampling_rate:
-        audio = librosa.resample(audio, orig_sr=rate, target_sr=sampling_rate)
-    return np.ascontiguousarray(audio, dtype=np.float32)
+from .audio import log_mel, read_row
 
 
 class FeatureTransform:
     """For ``Dataset.with_transform``: reads each row's audio and makes log-mel features and labels on the fly.
 
-    ``rows`` batches hold ``audio`` (path) and ``text``; the output holds ``input_features`` (mel bins x
-    frames) and ``labels`` (token ids with the language/task prefix, ending with end-of-text).
+    Batches hold ``audio`` (path), ``text`` and, for pieces of long recordings, ``offset`` and ``duration``
+    (seconds); the output holds ``input_features`` (mel bins x frames) and ``labels`` (token ids with the
+    language/task prefix, ending with end-of-text).
     """
 
-    def __init__(self, processor, audio_column: str = "audio", text_column: str = "text"):
+    def __init__(self, processor):
         self.processor = processor
-        self.audio_column, self.text_column = audio_column, text_column
 
     def __call__(self, batch: dict) -> dict:
         fe = self.processor.feature_extractor
-        audio = [read_audio(p, fe.sampling_rate) for p in batch[self.audio_column]]
-        features = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="np").input_features
-        out = {"input_features": list(features.astype(np.float32))}
-        if self.text_column in batch:
-            out["labels"] = self.processor.tokenizer(list(batch[self.text_column])).input_ids
+        keys = [k for k in ("audio", "offset", "duration") if k in batch]
+        rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
+        features = log_mel(fe, [read_row(r, fe.sampling_rate) for r in rows])
+        out = {"input_features": list(features.numpy())}
+        if "text" in batch:
+            out["labels"] = self.processor.tokenizer(list(batch["text"])).input_ids
         return out
+
+
+def to_dataset(manifest: pd.DataFrame, processor):
+    """A ``datasets.Dataset`` whose rows turn into ``input_features`` + ``labels`` when read (``with_transform``)."""
+    import datasets
+
+    columns = [c for c in ("audio", "text", "offset", "duration") if c in manifest]
+    ds = datasets.Dataset.from_pandas(manifest[columns].reset_index(drop=True), preserve_index=False)
+    return ds.with_transform(FeatureTransform(processor))
 
 
 @dataclass
@@ -57,8 +54,13 @@ class WhisperCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"input_features": torch.as_tensor(np.stack([np.asarray(f["input_features"]) for f in features]))}
         if "labels" in features[0]:
-            labels = [list(f["labels"]) for f in features]
-            labels = [l[1:] if l and l[0] == self.decoder_start_token_id else l for l in labels]
-            width = max(len(l) for l in labels)
-            batch["labels"] = torch.tensor([l + [-100] * (width - len(l)) for l in labels], dtype=torch.long)
+            batch["labels"] = pad_labels([f["labels"] for f in features], self.decoder_start_token_id)
         return batch
+
+
+def pad_labels(labels: list, decoder_start_token_id: int) -> torch.Tensor:
+    """Token-id lists as one ``batch x longest`` tensor padded with -100, a leading start-of-transcript removed."""
+    labels = [list(l) for l in labels]
+    labels = [l[1:] if l and l[0] == decoder_start_token_id else l for l in labels]
+    width = max(len(l) for l in labels)
+    return torch.tensor([l + [-100] * (width - len(l)) for l in labels], dtype=torch.long)

@@ -1,16 +1,27 @@
-"""Profiles: one table of coherent defaults per notebook parameter, and how notebooks resolve them.
+"""Parameters: one table of defaults per profile, their types and ranges, and how every entry point resolves them.
 
-A notebook's parameters cell holds plain literals; ``None`` means "the profile's default". The cell
-after it calls :func:`resolve`, which fills the ``None`` values from :data:`PROFILES` and refuses
-unknown names, so a papermill run with ``-p profile gpu-8gb`` changes every default at once while
-any parameter given explicitly still wins.
+This module is the single source of defaults. A notebook's parameters cell holds ``None`` for everything
+(``profile`` aside): :func:`notebook_params` fills the ``None`` values from the profile's table below, checks
+every value against its declared type and range (:data:`SPECS`) and refuses unknown names. ``python -m
+helpers.course`` and the phase commands read the same table through :func:`parse_params` and :func:`resolve`,
+so a value is checked before any notebook starts, with one line naming the parameter.
+
+Override chain: the ``tiny`` defaults (:data:`NOTEBOOK_PARAMS`) -> the profile (:data:`PROFILES`) ->
+parameters files (``-f params.yaml``) -> ``-p name value`` or a papermill parameter or a value typed in the
+parameters cell.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEACHER = REPO / "assets" / "tiny-whisper-zh"
@@ -73,32 +84,177 @@ PROFILES: dict[str, dict] = {
         **{"05_distill": dict(learning_rate=1e-4, warmup_steps=500)}),
 }
 
+# The heavy phases that run as commands (python -m helpers.<phase>): phase -> notebook whose parameters it reads.
+PHASES = {"data": "01_data", "finetune": "02_breeze_finetune", "pseudo": "03_pseudo_label",
+          "student": "04_student_init", "distill": "05_distill", "adalora": "06_adalora"}
 
+
+# ---------------------------------------------------------------------------------------------
+# Types and ranges
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    """What values a parameter takes: ``kind`` (int, float, bool, str, choice, dict, bool_or_str), an
+    inclusive ``low``/``high`` (``open_low``: strictly above ``low``), ``choices``, and whether ``None`` is a
+    valid final value (``optional``: e.g. "no test CSV", "all rows")."""
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple = ()
+    optional: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        words = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a text (path or name)",
+                 "dict": "a mapping {name: value}", "bool_or_str": "True, False or a model name"}[self.kind]
+        if self.low is not None:
+            words += f" {'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None:
+            words += f"{' and' if self.low is not None else ''} <= {self.high:g}"
+        return words + (" (or None)" if self.optional else "")
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional or (self.kind == "choice" and None in self.choices)
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind == "bool_or_str":
+            return isinstance(value, (bool, str))
+        types = {"int": int, "float": (int, float), "bool": bool, "str": (str, Path), "dict": dict}[self.kind]
+        if not isinstance(value, types) or (self.kind in ("int", "float") and isinstance(value, bool)):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def _int(low=None, optional=False):
+    return Spec("int", low=low, optional=optional)
+
+
+def _num(low=None, high=None, open_low=False):
+    return Spec("float", low=low, high=high, open_low=open_low)
+
+
+BOOL, TEXT, MAYBE_TEXT = Spec("bool"), Spec("str"), Spec("str", optional=True)
+POSITIVE, COUNT = _int(1), _int(0)
+
+SPECS: dict[str, Spec] = {
+    "profile": Spec("choice", choices=tuple(PROFILES)), "run_dir": TEXT, "seed": COUNT, "live_plot": BOOL,
+    # 01
+    "source": Spec("choice", choices=("synthetic", "csv", "hub")), "train_csv": MAYBE_TEXT, "test_csv": MAYBE_TEXT,
+    "audio_column": TEXT, "text_column": TEXT, "hub_dataset": MAYBE_TEXT, "hub_config": MAYBE_TEXT,
+    "hub_train_split": TEXT, "hub_test_split": TEXT, "hub_audio_column": TEXT, "hub_text_column": TEXT,
+    "num_train": _int(1, optional=True), "num_test": _int(1, optional=True), "num_unlabelled": _int(0, optional=True),
+    "test_fraction": Spec("float", low=0, high=0.9, open_low=True),
+    "max_duration_s": Spec("float", low=0, open_low=True, optional=True),
+    # 02, 05, 06: training
+    "base_model": TEXT, "max_steps": POSITIVE, "per_device_train_batch_size": POSITIVE,
+    "gradient_accumulation_steps": POSITIVE, "learning_rate": _num(0, open_low=True), "warmup_steps": COUNT,
+    "eval_steps": POSITIVE, "save_steps": POSITIVE, "early_stopping_patience": POSITIVE, "fp16": BOOL, "bf16": BOOL,
+    "gradient_checkpointing": BOOL, "use_lora": BOOL, "lora_r": POSITIVE, "load_in_8bit": BOOL,
+    "generation_max_length": POSITIVE, "per_device_eval_batch_size": POSITIVE, "resume": BOOL, "language": TEXT,
+    "task": Spec("choice", choices=("transcribe", "translate")), "num_processes": POSITIVE,
+    # 03
+    "teacher": MAYBE_TEXT, "cer_threshold": _num(0), "batch_size": POSITIVE, "cache_encoder_outputs": BOOL,
+    "include_unlabelled": BOOL,
+    # 04
+    "student_source": TEXT, "decoder_layers": POSITIVE, "encoder_layers": _int(1, optional=True),
+    # 05
+    "student": MAYBE_TEXT, "ce_weight": _num(0), "kl_weight": _num(0), "temperature": _num(0, open_low=True),
+    "freeze_encoder": BOOL, "use_encoder_cache": BOOL,
+    # 06
+    "adapt": Spec("choice", choices=("decoder", "encoder", "all")), "init_r": POSITIVE, "target_r": POSITIVE,
+    "tinit": COUNT, "tfinal": COUNT, "deltaT": POSITIVE, "lora_alpha": _num(0, open_low=True),
+    "lora_dropout": _num(0, 0.9),
+    # 07
+    "models": Spec("dict", optional=True), "test_sets": Spec("dict", optional=True), "speed_rounds": POSITIVE,
+    "speculative": Spec("bool_or_str"), "speculative_limit": POSITIVE,
+    "fold": Spec("choice", choices=("t2s", "s2t", None)), "num_worst": COUNT,
+}
+
+
+def all_parameters() -> set[str]:
+    """Every parameter name some notebook declares."""
+    return set(COMMON).union(*NOTEBOOK_PARAMS.values())
+
+
+def check_value(name: str, value) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``value`` is not of its declared type and range."""
+    if name not in SPECS:
+        raise ValueError(f"unknown parameter {name!r}; known parameters: {', '.join(sorted(all_parameters()))}")
+    spec = SPECS[name]
+    if not spec.accepts(value):
+        raise ValueError(f"parameter {name} must be {spec.describe()}, got {value!r} ({type(value).__name__})")
+
+
+def check_names(names, allowed, where: str) -> None:
+    """Raise ``ValueError`` listing the valid names when ``names`` holds one outside ``allowed``."""
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown parameter(s) {', '.join(unknown)}; valid names: "
+                         f"{', '.join(sorted(allowed))}")
+
+
+def _cross_checks(notebook: str, v: dict) -> list[str]:
+    """Values that are each valid but contradict each other."""
+    problems = []
+    if "save_steps" in v and v["save_steps"] % v["eval_steps"]:
+        problems.append(f"save_steps ({v['save_steps']}) must be a multiple of eval_steps ({v['eval_steps']}): the "
+                        "best model is chosen at evaluations, and only saved checkpoints can be restored")
+    if v.get("fp16") and v.get("bf16"):
+        problems.append("fp16 and bf16 are both True: choose one")
+    if v.get("load_in_8bit") and not v.get("use_lora"):
+        problems.append("load_in_8bit needs use_lora = True (an 8-bit base cannot be trained itself)")
+    if notebook == "06_adalora":
+        problems += adalora_schedule_problems(v["init_r"], v["target_r"], v["tinit"], v["tfinal"], v["deltaT"],
+                                              v["max_steps"])
+    return problems
+
+
+def adalora_schedule_problems(init_r: int, target_r: int, tinit: int, tfinal: int, deltaT: int,
+                              total_step: int) -> list[str]:
+    """Why an AdaLoRA rank schedule cannot work (empty list: it can)."""
+    problems = []
+    if target_r > init_r:
+        problems.append(f"target_r ({target_r}) must not exceed init_r ({init_r}): AdaLoRA only removes rank")
+    if tinit + tfinal >= total_step:
+        problems.append(f"tinit + tfinal ({tinit} + {tfinal}) must be below the optimizer steps ({total_step}), "
+                        "leaving steps in which ranks are reallocated")
+    elif deltaT >= total_step - tinit - tfinal:
+        problems.append(f"deltaT ({deltaT}) is not shorter than the reallocation phase "
+                        f"({total_step - tinit - tfinal} steps): ranks would never be reallocated")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution
+# ---------------------------------------------------------------------------------------------
 def defaults(notebook: str, profile: str = "tiny") -> dict:
     """Every parameter of ``notebook`` with the value ``profile`` gives it."""
     if notebook not in NOTEBOOK_PARAMS:
         raise KeyError(f"unknown notebook {notebook!r}; known: {sorted(NOTEBOOK_PARAMS)}")
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    check_value("profile", profile)
     base = {**COMMON, **NOTEBOOK_PARAMS[notebook]}
     shared = {k: v for k, v in PROFILES[profile].items() if k in base}  # names several notebooks share
     return {**base, **shared, **PROFILES[profile].get(notebook, {}), "profile": profile}
 
 
 def resolve(notebook: str, params: dict) -> SimpleNamespace:
-    """Fill the ``None`` values of a notebook's parameters from its profile; returns them as attributes.
-
-    ``params`` is the notebook's parameter cell as a dict (``profile`` included). A name the notebook
-    does not know is an error, as is a ``run_dir`` left at another profile's default.
-    """
+    """The parameters of ``notebook`` as attributes: ``params`` (``None`` = the profile's default) over the
+    profile's table, every value checked against :data:`SPECS` and against the others. ``run_dir`` becomes an
+    absolute ``Path``. Raises ``ValueError`` naming the parameter at fault."""
+    check_names(params, defaults(notebook), notebook)
     profile = params.get("profile") or "tiny"
     table = defaults(notebook, profile)
-    unknown = sorted(set(params) - set(table))
-    if unknown:
-        raise ValueError(f"{notebook}: unknown parameter(s) {unknown}; known: {sorted(table)}")
     values = {k: (params[k] if params.get(k) is not None else v) for k, v in table.items()}
-    if params.get("run_dir") == COMMON["run_dir"] and profile != "tiny":
-        values["run_dir"] = table["run_dir"]  # the notebook's literal is the tiny default: follow the profile
+    for name, value in values.items():
+        check_value(name, value)
+    problems = _cross_checks(notebook, values)
+    if problems:
+        raise ValueError(f"{notebook} parameters:\n  - " + "\n  - ".join(problems))
     values["run_dir"] = repo_path(values["run_dir"])
     return SimpleNamespace(**values)
 
@@ -106,6 +262,11 @@ def resolve(notebook: str, params: dict) -> SimpleNamespace:
 def notebook_params(notebook: str, namespace: dict) -> SimpleNamespace:
     """:func:`resolve` for a notebook: picks the notebook's parameters out of its global ``namespace``."""
     return resolve(notebook, {k: namespace[k] for k in defaults(notebook) if k in namespace})
+
+
+def own_params(notebook: str, params: dict) -> dict:
+    """The entries of ``params`` that ``notebook`` declares (a parameters file may serve the whole course)."""
+    return {k: v for k, v in params.items() if k in defaults(notebook)}
 
 
 def repo_path(path: str | Path) -> Path:
@@ -119,3 +280,79 @@ def dataloader_workers() -> int:
     if platform.system() in ("Windows", "Darwin"):
         return 0
     return min(2, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters from files and the command line
+# ---------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML with 1e-5 read as a number (YAML 1.1, PyYAML's default, wants 1.0e-5)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\d*\.\d+$"), list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    """Parse YAML text as parameters are written: ``300`` int, ``5e-4`` float, ``true`` bool, ``null`` None."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def parse_params(files: list[str], pairs: list[list[str]], profile: str | None = None,
+                 run_dir: str | None = None) -> dict:
+    """Merge parameters: YAML files in order, then ``-p name value`` pairs (values parsed as YAML), then
+    ``--profile`` / ``--run-dir``. Every name and value is checked (:func:`check_value`); raises ``ValueError``."""
+    params: dict = {}
+    for f in files:
+        if not Path(f).is_file():
+            raise ValueError(f"parameters file {f} does not exist")
+        loaded = read_yaml(Path(f).read_text("utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{f}: expected a mapping of parameter names to values")
+        params.update(loaded)
+    for name, value in pairs:
+        params[name] = read_yaml(value)
+    if profile:
+        params["profile"] = profile
+    if run_dir:
+        params["run_dir"] = run_dir
+    check_names(params, all_parameters(), "parameters")
+    for name, value in params.items():
+        if value is not None:
+            check_value(name, value)
+    return params
+
+
+def command_line(prog: str, description: str, argv: list[str] | None = None) -> dict:
+    """The options every course command takes (``--profile``, ``--run-dir``, ``-f``, ``-p``), parsed and checked."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", help=" | ".join(PROFILES) + " (default tiny)")
+    ap.add_argument("--run-dir", help="the course's output folder (default runs/<profile>)")
+    ap.add_argument("-f", "--parameters-file", action="append", default=[], help="YAML file of parameters (repeatable)")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="one parameter (repeatable); the value is read as YAML")
+    args = ap.parse_args(argv)
+    return parse_params(args.parameters_file, args.parameter, args.profile, args.run_dir)
+
+
+def phase_main(phase: str, run_phase, argv: list[str] | None = None) -> int:
+    """``python -m helpers.<phase>``: the notebook's parameters from the command line, checked, then
+    ``run_phase(p)``. Bad parameters and missing inputs end in one line on stderr (exit status 2), not a
+    traceback."""
+    notebook = PHASES[phase]
+    description = (f"The {phase} phase of notebook {notebook}, with that notebook's parameters. Alone it runs in "
+                   f"one process; under `accelerate launch ... -m helpers.{phase}` on all the launched processes.")
+    try:
+        params = command_line(f"python -m helpers.{phase}", description, argv)
+        params.setdefault("live_plot", False)  # no notebook to draw in
+        p = resolve(notebook, own_params(notebook, params))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_phase(p)
+    except FileNotFoundError as err:  # an earlier phase has not run: say which file is missing
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

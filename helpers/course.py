@@ -4,35 +4,31 @@
     python -m helpers.course --profile gpu-8gb -f params/my_data.yaml -p max_steps 2000
     python -m helpers.course --from 03 --to 05      # a slice, reusing earlier outputs in run_dir
 
-Executed copies land in ``<run_dir>/notebooks/``. Parameters are checked against the notebooks'
-parameters cells before anything runs (papermill itself only warns about unknown names); each
-notebook receives the parameters it declares. A failing notebook stops the run with its name, the
-cell number and the error, and a non-zero exit status.
+Executed copies land in ``<run_dir>/notebooks/``. Every parameter is checked (name, type, range, and against
+the others) for every selected notebook before anything runs or any folder is made; each notebook receives
+the parameters it declares. A failing notebook stops the run with its name, the cell number and the error,
+and a non-zero exit status.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from . import config
+from .files import RunDir, read_json
 
-from .config import REPO, repo_path
-
-NOTEBOOKS_DIR = REPO / "notebooks"
+NOTEBOOKS_DIR = config.REPO / "notebooks"
 
 
 def notebooks() -> list[Path]:
     """The course notebooks in order (``NN_name.ipynb``)."""
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-
-
-def declared_parameters(notebook: Path) -> set[str]:
-    """Names assigned in the notebook's cell tagged ``parameters``."""
-    import papermill
-
-    return set(papermill.inspect_notebook(str(notebook)).keys())
 
 
 def select(all_notebooks: list[Path], start: str | None, stop: str | None) -> list[Path]:
@@ -43,68 +39,59 @@ def select(all_notebooks: list[Path], start: str | None, stop: str | None) -> li
         for i, nb in enumerate(all_notebooks):
             if nb.stem.startswith(key) or nb.stem.split("_", 1)[0] == key.zfill(2):
                 return i
-        raise SystemExit(f"no notebook matches {key!r}; notebooks: {[nb.stem for nb in all_notebooks]}")
+        raise ValueError(f"no notebook matches {key!r}; notebooks: {[nb.stem for nb in all_notebooks]}")
     return all_notebooks[index(start, 0): index(stop, len(all_notebooks) - 1) + 1]
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML with 1e-5 read as a number (YAML 1.1, PyYAML's default, wants 1.0e-5)."""
+def check_all(selected: list[Path], params: dict) -> Path:
+    """Resolve the parameters of every selected notebook (raises ``ValueError`` naming the first bad one) and
+    return the run folder they share."""
+    run_dir = None
+    for nb in selected:
+        run_dir = config.resolve(nb.stem, config.own_params(nb.stem, params)).run_dir
+    return run_dir
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", __import__("re").compile(
-    r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\d*\.\d+$"), list("-+0123456789."))
-
-
-def read_yaml(text: str):
-    """Parse YAML text as parameters are written: ``300`` int, ``5e-4`` float, ``true`` bool, ``null`` None."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def parse_params(files: list[str], pairs: list[list[str]], profile: str | None, run_dir: str | None) -> dict:
-    """Merge parameters: YAML files in order, then ``-p name value`` pairs (values parsed as YAML:
-    ``300`` is an int, ``true`` a bool, ``null`` None), then ``--profile`` / ``--run-dir``."""
-    params: dict = {}
-    for f in files:
-        loaded = read_yaml(Path(f).read_text("utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise SystemExit(f"{f}: expected a mapping of parameter names to values")
-        params.update(loaded)
-    for name, value in pairs:
-        params[name] = read_yaml(value)
-    if profile:
-        params["profile"] = profile
-    if run_dir:
-        params["run_dir"] = run_dir
-    if params.get("profile") and "run_dir" not in params:
-        params["run_dir"] = f"runs/{params['profile']}"
-    return params
+def current_kernel() -> str:
+    """The name of a Jupyter kernel that runs this very Python (``breeze-workbook-current``), written to a
+    temporary folder put first on ``JUPYTER_PATH``: notebooks then run with the packages of the environment
+    the course was started from, whatever kernels the user has installed."""
+    name = "breeze-workbook-current"
+    tag = hashlib.sha1(sys.executable.encode()).hexdigest()[:10]
+    folder = Path(tempfile.gettempdir()) / f"breeze-workbook-kernels-{tag}"
+    spec = folder / "kernels" / name
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (breeze workbook)", "language": "python"}), "utf-8")
+    paths = os.environ.get("JUPYTER_PATH", "")
+    if str(folder) not in paths.split(os.pathsep):
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder), paths]))
+    return name
 
 
 def key_figures(run_dir: Path) -> list[str]:
     """One line per result file the notebooks wrote, with the figures worth reading first."""
-    from .data import read_json
-
+    run = RunDir(run_dir)
     lines = []
-    if (r := read_json(run_dir / "data" / "report.json")):
+    if (r := read_json(run.data_report)):
         s = r["splits"]
-        lines.append(f"data: {s['train']['utterances']} train / {s['test']['utterances']} test utterances "
-                     f"({s['train']['hours'] + s['test']['hours']:.2f} h), {r['skipped']['total']} rows skipped")
-    def read(*parts):
-        return read_json(run_dir.joinpath(*parts))
-
-    if (m := read("teacher", "metrics.json")):
+        lines.append("data: " + ", ".join(f"{n} {v['utterances']}" for n, v in s.items()) + " utterances "
+                     f"({sum(v['hours'] for v in s.values()):.2f} h), {r['skipped']['total']} rows skipped")
+    if (m := read_json(run.metrics("teacher"))):
         lines.append(f"teacher: test CER {m['cer_before']:.1f}% before fine-tuning -> {m['cer_after']:.1f}% after")
-    if (m := read("pseudo", "report.json")):
+    if (m := read_json(run.pseudo_report)):
         lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept (CER <= {m['cer_threshold']:g}%)")
-    if (m := read("student_init", "layer_map.json")):
-        lines.append(f"student: decoder layers {m['decoder']} of the teacher's {m['teacher_decoder_layers']}")
-    if (m := read("student_kd", "metrics.json")):
+    if (m := read_json(run.metrics("student_init"))):
+        lines.append(f"student: decoder layers {m['layer_map']['decoder']} of the teacher's "
+                     f"{m['layer_map']['decoder'][-1] + 1}")
+    if (m := read_json(run.metrics("student_kd"))):
         kd, teacher = m.get("student after KD", {}), m.get("teacher", {})
         lines.append(f"distilled student ({m['mode']} encoder): test CER {kd.get('cer', float('nan')):.1f}% "
                      f"(teacher {teacher.get('cer', float('nan')):.1f}%)")
-    if (m := read("student_adalora", "metrics.json")):
+    if (m := read_json(run.metrics("student_adalora"))):
         lines.append(f"AdaLoRA student: test CER {m['cer_before']:.1f}% -> {m['cer_merged']:.1f}% (merged)")
-    if (m := read("eval", "results.json")):
+    if (m := read_json(run.results)):
         for r in m["results"]:
             if r.get("status") == "ok" and r.get("rtfx") is not None:
                 lines.append(f"eval {r['test_set']}: {r['model']} CER {r['cer']:.1f}%, {r['params_M']:.2f}M params, "
@@ -123,16 +110,17 @@ def run(selected: list[Path], params: dict, out_dir: Path, kernel: str | None = 
     import papermill
     from tqdm.auto import tqdm
 
+    kernel = kernel or current_kernel()
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = []
     overall = tqdm(selected, desc="course", unit="notebook")
     for nb in overall:
         overall.set_postfix_str(nb.stem)
-        own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
         started = time.time()
         try:
-            papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=own, cwd=str(NOTEBOOKS_DIR),
-                                       kernel_name=kernel, progress_bar=True, request_save_on_cell_execute=True)
+            papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=config.own_params(nb.stem, params),
+                                       cwd=str(NOTEBOOKS_DIR), kernel_name=kernel, progress_bar=True,
+                                       request_save_on_cell_execute=True)
         except papermill.PapermillExecutionError as err:
             overall.close()
             raise SystemExit(f"\n{nb.name} failed in cell {err.cell_index} ({err.exec_count and f'[{err.exec_count}]'}): "
@@ -144,28 +132,25 @@ def run(selected: list[Path], params: dict, out_dir: Path, kernel: str | None = 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", help="tiny (default) | gpu-8gb | full")
+    ap.add_argument("--profile", help=" | ".join(config.PROFILES) + " (default tiny)")
     ap.add_argument("--run-dir", help="output folder (default runs/<profile>)")
     ap.add_argument("-f", "--parameters-file", action="append", default=[], help="YAML file of parameters (repeatable)")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="one parameter (repeatable); the value is read as YAML")
     ap.add_argument("--from", dest="start", help="first notebook to run, e.g. 03")
     ap.add_argument("--to", dest="stop", help="last notebook to run, e.g. 05")
-    ap.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
+    ap.add_argument("--kernel", help="Jupyter kernel name (default: one that runs this Python)")
     args = ap.parse_args(argv)
-
-    all_notebooks = notebooks()
-    selected = select(all_notebooks, args.start, args.stop)
-    params = parse_params(args.parameters_file, args.parameter, args.profile, args.run_dir)
-    known = set().union(*(declared_parameters(nb) for nb in all_notebooks))
-    unknown = sorted(set(params) - known)
-    if unknown:
-        print(f"error: unknown parameter(s) {unknown}. Known parameters: {', '.join(sorted(known))}", file=sys.stderr)
+    try:
+        selected = select(notebooks(), args.start, args.stop)
+        params = config.parse_params(args.parameters_file, args.parameter, args.profile, args.run_dir)
+        params.setdefault("live_plot", False)  # nobody watches a batch run: draw the final figures only
+        run_dir = check_all(selected, params)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    params.setdefault("live_plot", False)  # nobody watches a batch run: draw the final figures only
-    run_dir = repo_path(params.get("run_dir", "runs/tiny"))
-    print(f"Running {len(selected)} notebook(s) into {run_dir / 'notebooks'} with {params or 'the default parameters'}")
-    timings = run(selected, params, run_dir / "notebooks", args.kernel)
+    print(f"Running {len(selected)} notebook(s) into {RunDir(run_dir).notebooks} with {params}")
+    timings = run(selected, params, RunDir(run_dir).notebooks, args.kernel)
     print("\nSummary")
     for name, seconds in timings:
         print(f"  {name:<24} {seconds:7.1f} s")

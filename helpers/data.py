@@ -1,58 +1,27 @@
-"""One manifest format from three sources: your own CSV, a hub dataset, or the synthetic corpus.
+"""Notebook 01 as one call: build the manifests from your own CSV, a hub dataset or the synthetic corpus.
 
-A manifest is a table with one row per utterance: ``audio`` (absolute path), ``text`` (as written),
-``duration`` (seconds), ``split`` (train/test, or ``unlabelled``: audio without a transcript, which only the
-teacher's pseudo-labels describe), ``source`` (csv/hub/synthetic), plus whatever the source
-adds (speaker, noise...). :func:`check_rows` keeps the rows a model can use and reports every other
-row with its reason, so nothing is dropped silently.
+    python -m helpers.data --run-dir runs/tiny -p num_train 1200
+
+Every source ends up as one manifest format (:mod:`helpers.manifest`); every row a model cannot use is skipped
+and reported, never silently dropped.
 """
 from __future__ import annotations
 
-import io
-import json
-import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import soundfile as sf
 
-CSV_ENCODINGS = ("utf-8-sig", "cp950", "big5hkscs")  # utf-8-sig also reads plain UTF-8
-MANIFEST_COLUMNS = ["audio", "text", "duration", "split", "source"]
-UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labelled by the teacher only)
+from . import config, synth
+from .audio import read_audio
+from .files import RunDir
+from .manifest import UNLABELLED, check_rows, holdout_split, read_csv, save_manifests, take
 
 
 # ---------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------
-def read_csv(path: str | Path, audio_column: str = "file", text_column: str = "中文意譯",
-             split: str = "train", encoding: str | None = None) -> pd.DataFrame:
-    """Read a CSV in the reference layout (one row per recording: audio file, transcript).
-
-    Encodings tried in order unless ``encoding`` is given: UTF-8 (with or without BOM), cp950, Big5-HKSCS.
-    Relative audio paths are resolved against the CSV's folder. Returns manifest rows without
-    durations (see :func:`check_rows`); ``row`` holds the CSV line number (header = line 1).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file {path} does not exist")
-    raw = path.read_bytes()
-    for enc in ([encoding] if encoding else CSV_ENCODINGS):
-        try:
-            table = pd.read_csv(io.StringIO(raw.decode(enc)), dtype=str, keep_default_na=False)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise ValueError(f"{path}: cannot decode the file as {' or '.join([encoding] if encoding else CSV_ENCODINGS)}; "
-                         "save it as UTF-8, or give its encoding")
-    missing = [c for c in (audio_column, text_column) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: no column(s) {missing}; the file has columns {list(table.columns)}. "
-                         "Set audio_column / text_column to the right names.")
-    audio = [str((path.parent / a.strip()).resolve()) if a.strip() else "" for a in table[audio_column]]
-    return pd.DataFrame({"audio": audio, "text": table[text_column].str.strip(), "duration": float("nan"),
-                         "split": split, "source": "csv", "row": range(2, len(table) + 2)})
-
-
 def load_hub(dataset: str, config: str | None, split: str, audio_column: str, text_column: str,
              out_dir: str | Path, split_name: str | None = None) -> pd.DataFrame:
     """Load ``dataset`` (hub id or local folder of the same structure) with ``datasets`` and write its audio
@@ -100,132 +69,12 @@ def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int
     The ``unlabelled`` split (``num_unlabelled`` clips of the training speakers) comes without transcripts:
     its ``text`` is emptied here, so no later step can learn from the sentences that were spoken.
     """
-    from . import synth
-
     manifest = synth.write_corpus(out_dir, synth.default_splits(num_train, num_test, seed, num_unlabelled), seed=seed)
     rows = pd.read_json(manifest, lines=True, dtype={"snr_db": float, "text": str})
     rows.loc[rows["split"] == "unlabelled", "text"] = ""
     rows["audio"] = [str((Path(out_dir) / a).resolve()) for a in rows["audio"]]
     rows["row"] = range(len(rows))
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking, splitting, saving
-# ---------------------------------------------------------------------------------------------
-def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``rows`` into usable rows (with ``duration`` filled in from the file header) and skipped
-    rows (``audio``, ``row``, ``split``, ``reason``). Reasons: no audio path, missing file, unreadable
-    audio, empty audio, empty transcript (except in the ``unlabelled`` split, which has none), too long
-    for the model's window."""
-    import soundfile as sf
-
-    kept, skipped = [], []
-    for rec in rows.to_dict("records"):
-        path = rec["audio"]
-        reason = None
-        if not path:
-            reason = "no audio file named"
-        elif not Path(path).is_file():
-            reason = "missing file"
-        else:
-            try:
-                info = sf.info(path)
-                rec["duration"] = round(info.frames / info.samplerate, 3) if info.samplerate else 0.0
-                if info.frames <= 0:
-                    reason = "empty audio"
-            except Exception as err:  # libsndfile says why: keep its words
-                detail = str(err).splitlines()[0].split("': ")[-1]  # libsndfile's reason, without the path
-                reason = f"unreadable audio ({detail[:60]})"
-        no_text = not isinstance(rec["text"], str) or not rec["text"].strip()
-        if reason is None and no_text and rec["split"] != UNLABELLED:
-            reason = "empty transcript"
-        if reason is None and max_duration_s and rec["duration"] > max_duration_s:
-            reason = f"longer than {max_duration_s:g} s"
-        (kept if reason is None else skipped).append(rec if reason is None else {
-            "audio": path, "row": rec.get("row"), "split": rec["split"], "source": rec["source"], "reason": reason})
-    kept_df = pd.DataFrame(kept, columns=list(rows.columns) if not kept else None)
-    skipped_df = pd.DataFrame(skipped, columns=["audio", "row", "split", "source", "reason"])
-    return kept_df, skipped_df
-
-
-def holdout_split(rows: pd.DataFrame, test_fraction: float, seed: int = 0) -> pd.DataFrame:
-    """Mark a deterministic ``test_fraction`` of rows as ``test`` (when no separate test set is given)."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    test = set(order[: max(1, round(len(rows) * test_fraction))])
-    rows = rows.copy()
-    rows["split"] = ["test" if i in test else "train" for i in range(len(rows))]
-    return rows
-
-
-def take(rows: pd.DataFrame, split: str, n: int | None, seed: int = 0) -> pd.DataFrame:
-    """The rows of ``split``, or a deterministic sample of ``n`` of them (``None``: all)."""
-    part = rows[rows["split"] == split]
-    if n is not None and n < len(part):
-        part = part.sample(n=n, random_state=seed).sort_index()
-    return part.reset_index(drop=True)
-
-
-def save_manifests(data_dir: str | Path, splits: dict[str, pd.DataFrame], skipped: pd.DataFrame, report: dict) -> Path:
-    """Write ``<split>.jsonl`` manifests, ``skipped.csv`` and ``report.json`` into ``data_dir`` atomically."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, part in splits.items():
-        _atomic_write(data_dir / f"{name}.jsonl", part.to_json(orient="records", lines=True, force_ascii=False))
-    _atomic_write(data_dir / "skipped.csv", skipped.to_csv(index=False))
-    write_json(data_dir / "report.json", report)
-    return data_dir
-
-
-def load_manifest(data_dir: str | Path, split: str) -> pd.DataFrame:
-    """Read ``<data_dir>/<split>.jsonl`` written by notebook 01; a clear error if it is not there."""
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run notebook 01_data with the same run_dir first")
-    return pd.read_json(path, lines=True, dtype={"text": str})
-
-
-def audio_to_pseudo_label(data_dir: str | Path, include_unlabelled: bool = True) -> pd.DataFrame:
-    """What the teacher transcribes in notebook 03: the ``train`` manifest, followed by the ``unlabelled``
-    one (audio without transcripts) when ``include_unlabelled`` and notebook 01 wrote it. Never the test set.
-    Unlabelled rows have an empty ``text``: pseudo-labelling keeps them as ``kept (no reference)``."""
-    rows = load_manifest(data_dir, "train")
-    if include_unlabelled and (Path(data_dir) / f"{UNLABELLED}.jsonl").exists():
-        rows = pd.concat([rows, load_manifest(data_dir, UNLABELLED)], ignore_index=True)
-    return rows
-
-
-def _atomic_write(path: Path, content: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content, "utf-8")
-    tmp.replace(path)
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """Write ``obj`` as JSON atomically (a reader never sees half a file, even after a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float))
-    return path
-
-
-def read_json(path: str | Path, default=None):
-    """The JSON in ``path``, or ``default`` when the file does not exist."""
-    path = Path(path)
-    return json.loads(path.read_text("utf-8")) if path.exists() else default
-
-
-def to_dataset(manifest: pd.DataFrame, processor):
-    """A ``datasets.Dataset`` whose rows turn into ``input_features`` + ``labels`` when read (``with_transform``)."""
-    import datasets
-
-    from .collate import FeatureTransform
-
-    ds = datasets.Dataset.from_pandas(manifest[["audio", "text"]].reset_index(drop=True), preserve_index=False)
-    return ds.with_transform(FeatureTransform(processor))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +86,8 @@ def prepare(p) -> dict:
     Returns ``{"train", "test", "skipped", "report"}`` (and ``"unlabelled"`` when the synthetic source makes
     ``p.num_unlabelled`` clips without transcripts); files go to ``p.run_dir / "data"``.
     """
-    from .config import repo_path
-
-    data_dir = Path(p.run_dir) / "data"
+    repo_path = config.repo_path
+    data_dir = RunDir(p.run_dir).data
     if p.source == "synthetic":
         rows = load_synthetic(Path(p.run_dir) / "corpus", p.num_train, p.num_test, p.seed, p.num_unlabelled or 0)
     elif p.source == "csv":
@@ -300,11 +148,6 @@ def write_messy_csv(folder: str | Path, good_clips: pd.DataFrame, encoding: str 
     a file that is not audio, and a clip longer than 5 s. Saved as ``encoding`` (cp950 = Big5, as
     Windows in Taiwan writes it).
     """
-    import numpy as np
-    import soundfile as sf
-
-    from .collate import read_audio
-
     folder = Path(folder)
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     lines = []
@@ -320,3 +163,18 @@ def write_messy_csv(folder: str | Path, good_clips: pd.DataFrame, encoding: str 
     csv = folder / "messy.csv"
     pd.DataFrame(lines, columns=["file", "中文意譯"]).to_csv(csv, index=False, encoding=encoding)
     return csv
+
+
+def run_phase(p) -> dict:
+    """Notebook 01 for its parameters ``p``: :func:`prepare`, returning the data report."""
+    result = prepare(p)
+    s = result["report"]["splits"]
+    print("data: " + ", ".join(f"{n} {v['utterances']}" for n, v in s.items())
+          + f" utterances; {len(result['skipped'])} rows skipped -> {RunDir(p.run_dir).data}")
+    return result["report"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(config.phase_main("data", run_phase))

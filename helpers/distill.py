@@ -11,11 +11,20 @@ non-padding label positions. Three encoder modes, chosen automatically:
 """
 from __future__ import annotations
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Seq2SeqTrainer
 from transformers.modeling_outputs import BaseModelOutput
+
+from . import config, models, train
+from .collate import WhisperCollator, pad_labels, to_dataset
+from .decode import transcribe
+from .encoder_cache import open_encoder_cache
+from .files import RunDir, write_json
+from .manifest import load_manifest
+from .text import score
 
 MODES = ("shared", "cached", "separate")
 
@@ -41,17 +50,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return ce_weight * ce + kl_weight * kl, ce, kl
 
 
-def same_encoder(teacher_model, student_model) -> bool:
-    """True when the two encoders have identical parameters (a student copied from this teacher)."""
-    t, s = teacher_model.model.encoder.state_dict(), student_model.model.encoder.state_dict()
-    return t.keys() == s.keys() and all(t[k].shape == s[k].shape and torch.equal(t[k], s[k].to(t[k].dtype)) for k in t)
-
-
 def choose_mode(teacher_model, student_model, freeze_encoder: bool, cache_available: bool) -> tuple[str, str]:
     """The encoder mode and the reason, in words, for the notebook to show."""
     if not freeze_encoder:
         return "separate", "the student's encoder is trained, so it can differ from the teacher's: each runs its own"
-    if not same_encoder(teacher_model, student_model):
+    if not models.same_encoder(teacher_model, student_model):
         return "separate", "the student's encoder is not the teacher's (another checkpoint or fewer layers)"
     if cache_available:
         return "cached", "frozen encoder identical to the teacher's, outputs cached by notebook 03: decoders only"
@@ -68,17 +71,15 @@ class CachedCollator:
     """Batches of cached encoder outputs (rows of ``cache`` picked by ``cache_index``) with padded labels;
     rows without ``cache_index`` (the evaluation set) go to ``label_collator`` unchanged."""
 
-    def __init__(self, cache: np.ndarray, label_collator):
+    def __init__(self, cache: np.ndarray, label_collator: WhisperCollator):
         self.cache, self.label_collator = cache, label_collator
 
     def __call__(self, features: list[dict]) -> dict:
         if "cache_index" not in features[0]:  # evaluation rows carry audio features: the plain collator
             return self.label_collator(features)
-        index = [f["cache_index"] for f in features]
-        batch = self.label_collator([{"input_features": np.zeros(1), "labels": f["labels"]} for f in features])
-        batch["encoder_outputs"] = torch.from_numpy(np.stack([self.cache[i] for i in index]).astype(np.float32))
-        del batch["input_features"]
-        return batch
+        hidden = np.stack([self.cache[f["cache_index"]] for f in features]).astype(np.float32)
+        return {"encoder_outputs": torch.from_numpy(hidden),
+                "labels": pad_labels([f["labels"] for f in features], self.label_collator.decoder_start_token_id)}
 
 
 class DistillTrainer(Seq2SeqTrainer):
@@ -143,34 +144,29 @@ class DistillTrainer(Seq2SeqTrainer):
         super().log(logs, *args, **kwargs)
 
 
-def distil(p, teacher, student, pseudo_rows, test_rows, out_dir, cache_dir=None, live: bool = True):
+def distil(p, teacher, student, pseudo_rows, eval_rows, out_dir, cache_dir=None, live: bool = True):
     """Run distillation for notebook 05's parameters ``p``; returns ``(trainer, history records, mode, reason)``.
 
     ``teacher`` and ``student`` are LoadedWhisper; ``pseudo_rows`` the kept pseudo-labels (``text`` = teacher
-    transcript); ``test_rows`` the held-out set for CER; ``cache_dir`` notebook 03's encoder cache, if any.
+    transcript); ``eval_rows`` the held-out set for CER during training; ``cache_dir`` notebook 03's encoder
+    cache, if any.
     """
-    import datasets
-
-    from . import data, pseudo, train
-    from .collate import WhisperCollator
-    from .student import check_compatible
-
-    check_compatible(teacher.tokenizer, student.tokenizer)
+    models.check_compatible(teacher.tokenizer, student.tokenizer)
     if p.freeze_encoder:
         freeze_encoder(student.model)
     cache_ok = bool(p.use_encoder_cache and cache_dir and (cache_dir / "cache.json").exists())
     mode, reason = choose_mode(teacher.model, student.model, p.freeze_encoder, cache_ok)
     collator = None
     if mode == "cached":
-        cache = pseudo.open_encoder_cache(cache_dir, teacher, pseudo_rows["audio"].tolist())
+        cache, index = open_encoder_cache(cache_dir, teacher, pseudo_rows)
         labels = student.tokenizer(pseudo_rows["text"].tolist()).input_ids
-        train_ds = datasets.Dataset.from_dict({"cache_index": list(range(len(labels))), "labels": labels})
+        train_ds = datasets.Dataset.from_dict({"cache_index": index, "labels": labels})
         collator = CachedCollator(cache, WhisperCollator(student.processor, student.model.config.decoder_start_token_id))
     else:
-        train_ds = data.to_dataset(pseudo_rows, student.processor)
+        train_ds = to_dataset(pseudo_rows, student.processor)
     out_dir.mkdir(parents=True, exist_ok=True)
     history = train.LiveHistory(out_dir / "history.json", live=live, title="distillation")
-    trainer = train.build_trainer(p, student, train_ds, data.to_dataset(test_rows, student.processor), out_dir,
+    trainer = train.build_trainer(p, student, train_ds, to_dataset(eval_rows, student.processor), out_dir,
                                   [history], trainer_class=DistillTrainer, data_collator=collator,
                                   teacher_model=teacher.model, mode=mode, ce_weight=p.ce_weight,
                                   kl_weight=p.kl_weight, temperature=p.temperature)
@@ -185,18 +181,13 @@ def run_phase(p) -> dict | None:
     with ``metrics.json`` and ``history.json`` in ``run_dir/student_kd``. Returns the metrics in the main
     process; the other processes of a launched run (which train and score their share) return None.
     """
-    from . import data, models, train
-    from .evaluate import score
-    from .launch import transcribe
-
-    train.check_params(p)
-    teacher = models.load_whisper(p.teacher or p.run_dir / "teacher")
-    student = models.load_whisper(p.student or p.run_dir / "student_init")
-    pseudo_rows = data.load_manifest(p.run_dir / "pseudo", "train")
-    test_rows = data.load_manifest(p.run_dir / "data", "test")
-    out_dir = p.run_dir / "student_kd"
-    trainer, history, mode, reason = distil(p, teacher, student, pseudo_rows, test_rows, out_dir,
-                                            p.run_dir / "pseudo" / "encoder_cache", live=p.live_plot)
+    run = RunDir(p.run_dir)
+    teacher = models.load_whisper(p.teacher or run.teacher)
+    student = models.load_whisper(p.student or run.student_init)
+    pseudo_rows = load_manifest(run.pseudo, "train")
+    test_rows = load_manifest(run.data, "test")
+    trainer, history, mode, reason = distil(p, teacher, student, pseudo_rows, test_rows, run.student_kd,
+                                            run.encoder_cache, live=p.live_plot)
     results = {}
     for name, loaded in (("teacher", teacher), ("student after KD", student)):
         predictions, speed = transcribe(loaded.model, loaded.processor, test_rows, p.per_device_eval_batch_size,
@@ -204,18 +195,16 @@ def run_phase(p) -> dict | None:
         results[name] = {**score(test_rows["text"].tolist(), predictions), "RTFx": speed["rtfx"]}
     if not trainer.is_world_process_zero():
         return None
-    models.save_whisper(student.model, student.processor, out_dir)
+    models.save_whisper(student.model, student.processor, run.student_kd)
     metrics = {"mode": mode, "reason": reason, "steps": trainer.state.global_step,
                "processes": trainer.accelerator.num_processes, **results}
-    data.write_json(out_dir / "metrics.json", metrics)
+    write_json(run.metrics("student_kd"), metrics)
     print(f"distilled student ({mode} encoder, {metrics['processes']} process(es)): test CER "
-          f"{results['student after KD']['cer']:.1f}% (teacher {results['teacher']['cer']:.1f}%) -> {out_dir}")
+          f"{results['student after KD']['cer']:.1f}% (teacher {results['teacher']['cer']:.1f}%) -> {run.student_kd}")
     return metrics
 
 
 if __name__ == "__main__":
     import sys
 
-    from .launch import main
-
-    sys.exit(main("distill"))
+    sys.exit(config.phase_main("distill", run_phase))

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import data, evaluate, models, train
-from .launch import transcribe
+from . import config, models, train
+from .collate import to_dataset
+from .decode import transcribe
+from .files import RunDir
+from .manifest import load_manifest
+from .text import score
 
 
 def run_phase(p) -> dict | None:
@@ -21,21 +25,20 @@ def run_phase(p) -> dict | None:
     before, after). Returns the metrics in the main process; the other processes of a launched run (which
     train and score their share) return None.
     """
-    train.check_params(p)
-    train_rows = data.load_manifest(p.run_dir / "data", "train")
-    test_rows = data.load_manifest(p.run_dir / "data", "test")
+    run = RunDir(p.run_dir)
+    train_rows, test_rows = load_manifest(run.data, "train"), load_manifest(run.data, "test")
     teacher = models.load_whisper(p.base_model, language=p.language, task=p.task)
     refs = test_rows["text"].tolist()
     before_predictions, _ = transcribe(teacher.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
                                        desc="test, before")
-    before = evaluate.score(refs, before_predictions)
+    before = score(refs, before_predictions)
     teacher = train.prepare_model(teacher, p)
-    out_dir = p.run_dir / "teacher"
-    trainer, history = train.finetune(p, teacher, data.to_dataset(train_rows, teacher.processor),
-                                      data.to_dataset(test_rows, teacher.processor), out_dir, live=p.live_plot)
+    out_dir = run.teacher
+    trainer, history = train.finetune(p, teacher, to_dataset(train_rows, teacher.processor),
+                                      to_dataset(test_rows, teacher.processor), out_dir, live=p.live_plot)
     after_predictions, _ = transcribe(trainer.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
                                       desc="test, after")
-    after = evaluate.score(refs, after_predictions)
+    after = score(refs, after_predictions)
     if not trainer.is_world_process_zero():
         return None
     metrics = {"base_model": teacher.source, "cer_before": before["cer"], "cer_after": after["cer"],
@@ -54,6 +57,4 @@ def run_phase(p) -> dict | None:
 if __name__ == "__main__":
     import sys
 
-    from .launch import main
-
-    sys.exit(main("finetune"))
+    sys.exit(config.phase_main("finetune", run_phase))

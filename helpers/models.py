@@ -7,6 +7,7 @@ weights are read and no remote code is ever run.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,6 +116,48 @@ def save_whisper(model, processor, out_dir: str | Path, *, dtype: torch.dtype | 
     return out_dir
 
 
+def same_encoder(teacher_model, student_model) -> bool:
+    """True when the two encoders have identical parameters (a student copied from this teacher)."""
+    t, s = teacher_model.model.encoder.state_dict(), student_model.model.encoder.state_dict()
+    return t.keys() == s.keys() and all(t[k].shape == s[k].shape and torch.equal(t[k], s[k].to(t[k].dtype)) for k in t)
+
+
+def encoder_fingerprint(model) -> str:
+    """SHA-256 over the encoder's parameter names, shapes and fp16 values (16 hex digits): which teacher made
+    a cache of encoder outputs."""
+    digest = hashlib.sha256()
+    for name, param in model.model.encoder.state_dict().items():
+        digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(param.detach().to("cpu", torch.float16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_compatible(teacher_tokenizer, student_tokenizer) -> None:
+    """Raise ``ValueError`` unless both tokenizers have the same vocabulary (token -> id, all of it)."""
+    a, b = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    differ = [t for t in a.keys() | b.keys() if a.get(t) != b.get(t)]
+    if differ:
+        raise ValueError(
+            f"the student's tokenizer differs from the teacher's in {len(differ)} tokens (teacher {len(a)}, "
+            f"student {len(b)} tokens): distillation compares both models' predictions token by token, so it "
+            "needs a shared tokenizer. Use a student checkpoint with the teacher's tokenizer, or "
+            "student_source='teacher' to cut the student from the teacher itself.")
+
+
+def decoder_only(model):
+    """The decoder (and output projection) of a Whisper ``model`` as a ``WhisperForCausalLM`` in eval mode, on
+    the model's device and dtype: it reads encoder outputs that another model computed (an assistant for
+    speculative decoding). ``model`` is left as it is."""
+    from transformers import WhisperForCausalLM
+
+    decoder = WhisperForCausalLM(copy.deepcopy(model.config))  # its __init__ edits the config
+    decoder.load_state_dict({k: v for k, v in model.state_dict().items()
+                             if k.startswith("model.decoder.") or k == "proj_out.weight"}, strict=True)
+    decoder.generation_config = copy.deepcopy(model.generation_config)  # generate() edits the assistant's
+    param = next(model.parameters())
+    return decoder.to(param.device, param.dtype).eval()
+
+
 def count_parameters(model) -> dict[str, float]:
     """Parameter counts in millions (1e6): total, encoder, decoder (without embeddings), embeddings, trainable."""
     base = model.model if hasattr(model, "model") else model
@@ -192,9 +235,6 @@ def new_tiny_whisper(tokenizer: WhisperTokenizer, *, window_s: int = 5, seed: in
                                  tokenizer=tokenizer)
     set_prompt(model, processor)
     return model, processor
-
-
-TINY_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "tiny-whisper-zh"
 
 
 def window_seconds(feature_extractor: WhisperFeatureExtractor) -> float:

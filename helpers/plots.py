@@ -5,9 +5,14 @@ Plots carry no Chinese text (a CJK font is not on every machine); characters go 
 from __future__ import annotations
 
 from collections import Counter
+from html import escape
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.patches import Rectangle
+
+from .audio import read_row
+from .text import align, mixed_tokens
 
 
 def split_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -39,8 +44,6 @@ def duration_histogram(splits: dict[str, pd.DataFrame], max_duration_s: float | 
 
 def character_table(texts, top: int = 15) -> pd.DataFrame:
     """The ``top`` most frequent characters (Latin letters grouped as words) with counts and share (%)."""
-    from .text import mixed_tokens
-
     counts = Counter(tok for t in texts for tok in mixed_tokens(t, fold=None))
     total = sum(counts.values())
     return pd.DataFrame([{"token": tok, "count": n, "share %": round(100 * n / total, 2)}
@@ -50,8 +53,6 @@ def character_table(texts, top: int = 15) -> pd.DataFrame:
 def audio_examples(rows: pd.DataFrame, n: int = 3, columns: tuple[str, ...] = ("text",)):
     """Audio players for the first ``n`` rows, each with the ``columns`` given (transcripts, CER, status...)
     and, where the manifest has them, speaker and noise. Returns an HTML block for the notebook."""
-    from html import escape
-
     from IPython.display import HTML, Audio
 
     blocks = []
@@ -59,7 +60,7 @@ def audio_examples(rows: pd.DataFrame, n: int = 3, columns: tuple[str, ...] = ("
         fields = "<br>".join(f"<b>{escape(c)}</b>: {escape(_fmt(rec[c]))}" for c in columns if c in rec)
         extra = ", ".join(f"{k} {rec[k]}" for k in ("speaker", "noise", "snr_db") if k in rec and pd.notna(rec[k]))
         blocks.append(f"<p>{fields} <small>({rec['duration']:.2f} s{', ' + extra if extra else ''})</small></p>"
-                      + Audio(filename=rec["audio"])._repr_html_())
+                      + Audio(read_row(rec), rate=16_000)._repr_html_())
     return HTML("".join(blocks))
 
 
@@ -172,8 +173,6 @@ def model_comparison(results: pd.DataFrame, test_set: str):
 def alignment_html(pairs: list[tuple[str, str | None, str | None]]) -> str:
     """An aligned reference/prediction (``text.align`` output) as two HTML rows: substitutions in orange,
     deletions struck out in red on the reference row, insertions in green on the prediction row."""
-    from html import escape
-
     style = {"equal": "", "substitute": "background:#fd8", "delete": "background:#f99;text-decoration:line-through",
              "insert": "background:#9e9"}
     ref, pred = [], []
@@ -187,16 +186,44 @@ def alignment_html(pairs: list[tuple[str, str | None, str | None]]) -> str:
 
 def worst_examples(worst: pd.DataFrame, fold: str | None = "t2s"):
     """Audio players for the worst utterances, each with its CER and the aligned reference and prediction."""
-    from html import escape
-
     from IPython.display import HTML, Audio
-
-    from .text import align
 
     blocks = []
     for rec in worst.to_dict("records"):
         blocks.append(f"<p><b>CER {rec['cer']:.0f}%</b> <small>({rec['duration']:.2f} s, {escape(rec['model'])})</small>"
                       f"<br>reference: {escape(rec['reference'])}<br>prediction: {escape(str(rec['prediction']))}</p>"
                       + alignment_html(align(rec["reference"], str(rec["prediction"]), fold=fold))
-                      + Audio(filename=rec["audio"])._repr_html_())
+                      + Audio(read_row(rec), rate=16_000)._repr_html_())
     return HTML("".join(blocks))
+
+
+def plot_layer_map(n_teacher_dec: int, decoder_map: list[int], n_teacher_enc: int | None = None,
+                   encoder_map: list[int] | None = None):
+    """Teacher layers as a column of boxes, lines to the student layers they initialise; one panel per part.
+
+    The encoder panel is drawn when ``n_teacher_enc`` and ``encoder_map`` are given. Returns the figure.
+    """
+    parts = [("decoder", n_teacher_dec, decoder_map)]
+    if n_teacher_enc is not None and encoder_map is not None:
+        parts.insert(0, ("encoder", n_teacher_enc, encoder_map))
+    tallest = max(n for _, n, _ in parts)
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), min(12.0, 1.5 + 0.3 * tallest)), squeeze=False)
+    for ax, (name, n_teacher, mapping) in zip(axes[0], parts):
+        box_h = 0.8
+        student_y = [n_teacher / 2] if len(mapping) == 1 else [
+            j * (n_teacher - 1) / (len(mapping) - 1) for j in range(len(mapping))]
+        font = 8 if n_teacher <= 16 else 6
+        for i in range(n_teacher):  # layer 0 (next to the input) at the bottom
+            used = i in mapping
+            ax.add_patch(Rectangle((0, i - box_h / 2), 1, box_h, facecolor="C0" if used else "0.9", edgecolor="0.4"))
+            ax.text(0.5, i, str(i), ha="center", va="center", fontsize=font, color="white" if used else "0.3")
+        for j, (t, y) in enumerate(zip(mapping, student_y)):
+            ax.add_patch(Rectangle((2.5, y - box_h / 2), 1, box_h, facecolor="C1", edgecolor="0.4"))
+            ax.text(3.0, y, str(j), ha="center", va="center", fontsize=font, color="white")
+            ax.annotate("", xy=(2.5, y), xytext=(1, t), arrowprops=dict(arrowstyle="->", color="0.3"))
+        ax.text(0.5, n_teacher - 0.2, f"teacher\n{n_teacher} layers", ha="center", va="bottom", fontsize=9)
+        ax.text(3.0, n_teacher - 0.2, f"student\n{len(mapping)} layers", ha="center", va="bottom", fontsize=9)
+        ax.set(xlim=(-0.3, 3.8), ylim=(-1, n_teacher + 1.2), title=f"{name}: which layer starts which")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

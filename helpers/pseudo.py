@@ -1,21 +1,23 @@
-"""Pseudo-labelling: the teacher transcribes the training audio, and only transcripts worth learning from
-are kept; optionally the teacher's encoder outputs are cached for decoder-only distillation.
+"""Notebook 03: the teacher transcribes the training audio, and only transcripts worth learning from are kept.
+
+    python -m helpers.pseudo --run-dir runs/tiny -p cer_threshold 10
+
+One pass over the audio: each batch's encoder outputs feed the teacher's decoder and, with
+``cache_encoder_outputs``, the encoder cache that lets notebook 05 train decoders only.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import zlib
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
-from . import text
-from .collate import read_audio
-from .data import write_json
+from . import config, models, text
+from .decode import transcribe
+from .encoder_cache import CacheWriter, cache_bytes
+from .files import RunDir
+from .manifest import audio_to_pseudo_label, save_manifests
+from .processes import process_state
 
 # A unit of 1-8 characters repeated 4 or more times in a row ("的的的的", "meetingmeetingmeetingmeeting").
 _LOOP = re.compile(r"(.{1,8}?)\1{3,}")
@@ -70,21 +72,18 @@ def label_rows(manifest: pd.DataFrame, predictions: list[str], cer_threshold: fl
 
 
 def pseudo_label(teacher, manifest: pd.DataFrame, cer_threshold: float, batch_size: int = 16,
-                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                 progress: bool = True, on_encoded=None) -> tuple[pd.DataFrame, dict]:
     """Transcribe ``manifest`` with ``teacher`` (a LoadedWhisper) and label every row; returns (rows, summary).
 
-    Alone, one process transcribes everything. Under a launcher (``WORLD_SIZE`` > 1) each process transcribes
-    one contiguous block of the manifest and the blocks are gathered in rank order (:func:`launch.transcribe`),
-    so every process returns the same rows, in manifest order, as one process would. ``summary`` adds
-    ``processes``; its ``compute_s`` is the slowest block's wall time.
+    ``on_encoded`` receives each batch's encoder outputs (see ``decode.transcribe``). Under a launcher each
+    process transcribes one contiguous block and the blocks are gathered in rank order, so every process
+    returns the same rows, in manifest order, as one process would. ``summary`` adds ``processes``; its
+    ``compute_s`` is the slowest block's wall time.
     """
-    from .launch import process_state
-    from .launch import transcribe as transcribe_shared
-
     if not 0 <= cer_threshold:
         raise ValueError(f"cer_threshold is a percentage (e.g. 10), got {cer_threshold}")
-    predictions, speed = transcribe_shared(teacher.model, teacher.processor, manifest, batch_size,
-                                           desc="pseudo-labelling", progress=progress)
+    predictions, speed = transcribe(teacher.model, teacher.processor, manifest, batch_size, desc="pseudo-labelling",
+                                    progress=progress, on_encoded=on_encoded)
     rows = label_rows(manifest, predictions, cer_threshold)
     labelled = rows[rows["reference"].notna()]
     summary = {"utterances": len(rows), "kept": int(rows["kept"].sum()), "cer_threshold": cer_threshold,
@@ -95,123 +94,40 @@ def pseudo_label(teacher, manifest: pd.DataFrame, cer_threshold: float, batch_si
     return rows, summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Encoder-output cache
-# ---------------------------------------------------------------------------------------------
-def encoder_fingerprint(model) -> str:
-    """SHA-256 over the encoder's parameter names, shapes and fp16 values: which teacher made a cache."""
-    digest = hashlib.sha256()
-    for name, param in model.model.encoder.state_dict().items():
-        digest.update(f"{name}{tuple(param.shape)}".encode())
-        digest.update(param.detach().to("cpu", torch.float16).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def feature_settings(feature_extractor) -> dict:
-    """The feature extractor settings a cache depends on."""
-    keys = ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length", "n_samples")
-    return {k: getattr(feature_extractor, k) for k in keys}
-
-
-@torch.no_grad()
-def write_encoder_cache(teacher, rows: pd.DataFrame, cache_dir: str | Path, batch_size: int = 16,
-                        progress: bool = True) -> Path:
-    """Store the teacher's encoder outputs for ``rows`` as one fp16 array (rows x frames x width) in
-    ``cache_dir/encoder_outputs.npy`` (read memory-mapped), with ``cache.json`` tying each row to its
-    audio file, the teacher's encoder fingerprint and the feature settings.
-
-    Under a launcher every process encodes one contiguous block of ``rows`` (:func:`launch.shard_bounds`)
-    into its own slice of the same file: the cache is written by shards and read as one, identical to a
-    single process's. The main process creates the file and publishes it (rename, then ``cache.json``) once
-    every slice is in; on several machines ``cache_dir`` must be on a shared file system.
-    """
-    from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
-
-    from .launch import process_state, shard_bounds
-
-    state = process_state()
-    cache_dir = Path(cache_dir)
-    model, fe = teacher.model.eval(), teacher.feature_extractor
-    device = next(model.parameters()).device
-    frames, width = model.config.max_source_positions, model.config.d_model
-    tmp = cache_dir / "encoder_outputs.tmp.npy"
-    if state.is_main_process:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        created = open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(rows), frames, width))
-        del created  # header and size are on disk: the other processes may open the file now
-    state.wait_for_everyone()
-    array = open_memmap(tmp, mode="r+")
-    first, last = shard_bounds(len(rows), state.process_index, state.num_processes)
-    for start in tqdm(range(first, last, batch_size), desc="caching encoder outputs",
-                      disable=not (progress and state.is_main_process)):
-        audio = [read_audio(a, fe.sampling_rate) for a in rows["audio"].iloc[start:min(start + batch_size, last)]]
-        feats = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features
-        out = model.model.encoder(feats.to(device, model.dtype)).last_hidden_state
-        array[start:start + len(audio)] = out.to("cpu", torch.float16).numpy()
-    array.flush()
-    del array
-    state.wait_for_everyone()
-    if state.is_main_process:
-        tmp.replace(cache_dir / "encoder_outputs.npy")
-        meta = {"teacher_fingerprint": encoder_fingerprint(model), "features": feature_settings(fe),
-                "shape": [len(rows), frames, width], "dtype": "float16", "audio": rows["audio"].tolist()}
-        write_json(cache_dir / "cache.json", meta)
-    state.wait_for_everyone()  # nobody reads the cache before it is published
-    return cache_dir
-
-
-def open_encoder_cache(cache_dir: str | Path, teacher, audio: list[str] | None = None) -> np.ndarray:
-    """The cached encoder outputs (memory-mapped), after checking they were made by this teacher with these
-    feature settings (and, if given, for these audio files in this order). Raises ValueError otherwise."""
-    cache_dir = Path(cache_dir)
-    if not (cache_dir / "cache.json").exists():
-        raise FileNotFoundError(f"{cache_dir} holds no encoder cache: run notebook 03 with cache_encoder_outputs = True")
-    meta = json.loads((cache_dir / "cache.json").read_text("utf-8"))
-    if meta["teacher_fingerprint"] != encoder_fingerprint(teacher.model):
-        raise ValueError(f"the encoder cache in {cache_dir} was made by another teacher (encoder fingerprint "
-                         f"{meta['teacher_fingerprint']}); re-run notebook 03 with this teacher")
-    if meta["features"] != feature_settings(teacher.feature_extractor):
-        raise ValueError(f"the encoder cache in {cache_dir} was made with other feature settings "
-                         f"({meta['features']}); re-run notebook 03")
-    if audio is not None and list(audio) != meta["audio"]:
-        raise ValueError(f"the encoder cache in {cache_dir} holds other utterances than the pseudo-label manifest")
-    return np.load(cache_dir / "encoder_outputs.npy", mmap_mode="r")
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole phase (notebook 03), in one process or under `accelerate launch`
-# ---------------------------------------------------------------------------------------------
 def run_phase(p) -> dict:
     """Notebook 03 for its parameters ``p``: the teacher (``p.teacher`` or ``run_dir/teacher``) transcribes
     ``run_dir/data/train.jsonl`` (and ``unlabelled.jsonl`` with ``p.include_unlabelled``); writes
     ``run_dir/pseudo/`` (``train.jsonl`` the kept rows, ``all.jsonl``, ``skipped.csv``, ``report.json``) and,
-    with ``p.cache_encoder_outputs``, ``pseudo/encoder_cache/``. Returns the summary written to ``report.json``.
-    On several processes the manifest and the cache are sharded (:func:`pseudo_label`,
-    :func:`write_encoder_cache`); only the main process writes manifests.
+    with ``p.cache_encoder_outputs``, ``pseudo/encoder_cache/`` holding the encoder outputs of that same pass
+    (every transcribed row; notebook 05 picks the kept ones). Returns the summary written to ``report.json``.
+    On several processes the manifest and the cache are sharded; only the main process writes manifests.
     """
-    from . import data, models
-    from .launch import process_state
-
     state = process_state()
-    teacher = models.load_whisper(p.teacher or p.run_dir / "teacher", device=state.device)
-    train_rows = data.audio_to_pseudo_label(p.run_dir / "data", p.include_unlabelled)
-    out_dir = p.run_dir / "pseudo"
-    rows, summary = pseudo_label(teacher, train_rows, p.cer_threshold, p.batch_size, progress=state.is_main_process)
-    if state.is_main_process:
-        data.save_manifests(out_dir, {"train": rows[rows["kept"]], "all": rows},
-                            skipped=rows[~rows["kept"]][["audio", "status"]], report=summary)
-        print(f"pseudo-labels: kept {summary['kept']} of {summary['utterances']} utterances "
-              f"({summary['processes']} process(es)) -> {out_dir}")
+    run = RunDir(p.run_dir)
+    teacher = models.load_whisper(p.teacher or run.teacher, device=state.device)
+    rows = audio_to_pseudo_label(run.data, p.include_unlabelled)
+    cache = None
     if p.cache_encoder_outputs:
-        write_encoder_cache(teacher, rows[rows["kept"]], out_dir / "encoder_cache", p.batch_size,
-                            progress=state.is_main_process)
+        size = cache_bytes(len(rows), teacher.model.config)
+        hours = rows["duration"].sum() / 3600
+        if state.is_main_process:
+            print(f"encoder cache: {len(rows)} clips, {size / 1e9:.2f} GB on disk in {run.encoder_cache} "
+                  f"({size / len(rows) / 1e6:.2f} MB per clip, {size / 1e9 / max(hours, 1e-9):.1f} GB per hour of audio)")
+        cache = CacheWriter(teacher, rows, run.encoder_cache)
+    rows, summary = pseudo_label(teacher, rows, p.cer_threshold, p.batch_size, progress=state.is_main_process,
+                                 on_encoded=cache.write if cache else None)
+    if cache:
+        cache.publish()
+        summary["encoder_cache_bytes"] = size
+    if state.is_main_process:
+        save_manifests(run.pseudo, {"train": rows[rows["kept"]], "all": rows},
+                       skipped=rows[~rows["kept"]][["audio", "status"]], report=summary)
+        print(f"pseudo-labels: kept {summary['kept']} of {summary['utterances']} utterances "
+              f"({summary['processes']} process(es)) -> {run.pseudo}")
     return summary
 
 
 if __name__ == "__main__":
     import sys
 
-    from .launch import main
-
-    sys.exit(main("pseudo"))
+    sys.exit(config.phase_main("pseudo", run_phase))

@@ -1,4 +1,6 @@
-"""Students for distillation: a Whisper cut down from a larger one by copying chosen layers.
+"""Notebook 04: the student, a Whisper cut down from a larger one by copying chosen layers.
+
+    python -m helpers.student --run-dir runs/tiny -p decoder_layers 3
 
 A student keeps the source's embeddings, layer norms, convolutions and whole encoder (unless asked to
 shrink it), and takes evenly spaced decoder layers, always including the source's last one. Works for any
@@ -7,16 +9,19 @@ Whisper size; nothing here assumes the tiny model's shapes.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import pandas as pd
 import torch
-from matplotlib.patches import Rectangle
 from transformers import WhisperForConditionalGeneration
 
-from helpers import models
+from . import config, models
+from .audio import log_mel, read_row
+from .decode import compare_speed
+from .files import RunDir, write_json
+from .manifest import load_manifest
+from .text import score
 
 _LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$")
 
@@ -77,24 +82,12 @@ def init_student(source_model, decoder_layers: int = 2,
     return student, maps
 
 
-def check_compatible(teacher_tokenizer, student_tokenizer) -> None:
-    """Raise ``ValueError`` unless both tokenizers have the same vocabulary (token -> id, all of it)."""
-    a, b = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    differ = [t for t in a.keys() | b.keys() if a.get(t) != b.get(t)]
-    if differ:
-        raise ValueError(
-            f"the student's tokenizer differs from the teacher's in {len(differ)} tokens (teacher {len(a)}, "
-            f"student {len(b)} tokens): distillation compares both models' predictions token by token, so it "
-            "needs a shared tokenizer. Use a student checkpoint with the teacher's tokenizer, or "
-            "student_source='teacher' to cut the student from the teacher itself.")
-
-
 def make_student(teacher: models.LoadedWhisper, student_source: str = "teacher", decoder_layers: int = 2,
                  encoder_layers: int | None = None) -> tuple[models.LoadedWhisper, dict]:
     """Cut a student from the teacher (``student_source="teacher"``) or from another checkpoint (hub id or folder).
 
     Another checkpoint is loaded with ``models.load_whisper`` in the teacher's dtype and on its device and
-    must share the teacher's tokenizer (:func:`check_compatible`). The student keeps the processor (feature
+    must share the teacher's tokenizer (``models.check_compatible``). The student keeps the processor (feature
     extractor, tokenizer) of the model it was cut from and the teacher's language/task prompt. Returns
     ``(LoadedWhisper whose source names that model, layer maps)``.
     """
@@ -105,7 +98,7 @@ def make_student(teacher: models.LoadedWhisper, student_source: str = "teacher",
     else:
         loaded = models.load_whisper(student_source, language=language, task=task, dtype=teacher.model.dtype,
                                      device=teacher.model.device)
-        check_compatible(teacher.tokenizer, loaded.tokenizer)
+        models.check_compatible(teacher.tokenizer, loaded.tokenizer)
         source_model, processor, source = loaded.model, loaded.processor, loaded.source
     student, maps = init_student(source_model, decoder_layers, encoder_layers)
     models.set_prompt(student, processor, language=language, task=task)
@@ -122,7 +115,7 @@ def save_student(loaded: models.LoadedWhisper, out_dir: str | Path, layer_maps: 
     info = {"decoder": list(layer_maps["decoder"]), "encoder": list(layer_maps["encoder"]),
             "teacher_decoder_layers": layer_maps["decoder"][-1] + 1,
             "teacher_encoder_layers": layer_maps["encoder"][-1] + 1, "source": loaded.source}
-    (out_dir / "layer_map.json").write_text(json.dumps(info, indent=2), "utf-8")
+    write_json(out_dir / "layer_map.json", info)
     return out_dir
 
 
@@ -149,33 +142,41 @@ def encoder_outputs_equal(teacher_model, student_model, input_features: torch.Te
     return torch.equal(a, b) if atol == 0 else bool(torch.allclose(a, b, rtol=0.0, atol=atol))
 
 
-def plot_layer_map(n_teacher_dec: int, decoder_map: list[int], n_teacher_enc: int | None = None,
-                   encoder_map: list[int] | None = None):
-    """Teacher layers as a column of boxes, lines to the student layers they initialise; one panel per part.
-
-    The encoder panel is drawn when ``n_teacher_enc`` and ``encoder_map`` are given. Returns the figure.
+def run_phase(p) -> dict:
+    """Notebook 04 for its parameters ``p``: cut the student from ``p.teacher`` (default ``run_dir/teacher``) or
+    ``p.student_source``, check on real clips that its encoder gives the teacher's outputs bit for bit, compare
+    both models' accuracy and speed on the same clips side by side, and save the student to
+    ``run_dir/student_init`` with ``layer_map.json`` and ``metrics.json``. Returns the metrics:
+    ``layer_map``, ``encoder_equal``, ``sizes`` (millions of parameters per part, per model) and ``comparison``
+    (per model: CER, WER, MER, exact match, RTFx, decoder steps, ms per step, speed-ups).
     """
-    parts = [("decoder", n_teacher_dec, decoder_map)]
-    if n_teacher_enc is not None and encoder_map is not None:
-        parts.insert(0, ("encoder", n_teacher_enc, encoder_map))
-    tallest = max(n for _, n, _ in parts)
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), min(12.0, 1.5 + 0.3 * tallest)), squeeze=False)
-    for ax, (name, n_teacher, mapping) in zip(axes[0], parts):
-        box_h = 0.8
-        student_y = [n_teacher / 2] if len(mapping) == 1 else [
-            j * (n_teacher - 1) / (len(mapping) - 1) for j in range(len(mapping))]
-        font = 8 if n_teacher <= 16 else 6
-        for i in range(n_teacher):  # layer 0 (next to the input) at the bottom
-            used = i in mapping
-            ax.add_patch(Rectangle((0, i - box_h / 2), 1, box_h, facecolor="C0" if used else "0.9", edgecolor="0.4"))
-            ax.text(0.5, i, str(i), ha="center", va="center", fontsize=font, color="white" if used else "0.3")
-        for j, (t, y) in enumerate(zip(mapping, student_y)):
-            ax.add_patch(Rectangle((2.5, y - box_h / 2), 1, box_h, facecolor="C1", edgecolor="0.4"))
-            ax.text(3.0, y, str(j), ha="center", va="center", fontsize=font, color="white")
-            ax.annotate("", xy=(2.5, y), xytext=(1, t), arrowprops=dict(arrowstyle="->", color="0.3"))
-        ax.text(0.5, n_teacher - 0.2, f"teacher\n{n_teacher} layers", ha="center", va="bottom", fontsize=9)
-        ax.text(3.0, n_teacher - 0.2, f"student\n{len(mapping)} layers", ha="center", va="bottom", fontsize=9)
-        ax.set(xlim=(-0.3, 3.8), ylim=(-1, n_teacher + 1.2), title=f"{name}: which layer starts which")
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
+    run = RunDir(p.run_dir)
+    teacher = models.load_whisper(p.teacher or run.teacher)
+    student, maps = make_student(teacher, p.student_source, p.decoder_layers, p.encoder_layers)
+    rows = load_manifest(run.data, "test")
+    fe = teacher.feature_extractor
+    features = log_mel(fe, [read_row(r, fe.sampling_rate) for r in rows.head(4).to_dict("records")])
+    same = encoder_outputs_equal(teacher.model, student.model, features)
+    speed = compare_speed({"teacher": teacher, "student (before KD)": student}, rows, batch_size=p.batch_size)
+    refs = rows["text"].tolist()
+    table = pd.DataFrame({name: {**score(refs, row["predictions"]), "RTFx": row["rtfx"],
+                                 "decoder steps": row["decoder_steps"], "ms per step": row["ms_per_step"]}
+                          for name, row in speed.iterrows()}).T
+    table["speed-up (RTFx)"] = table["RTFx"] / table.loc["teacher", "RTFx"]
+    table["speed-up per step"] = table.loc["teacher", "ms per step"] / table["ms per step"]
+    save_student(student, run.student_init, maps)
+    metrics = {"layer_map": maps, "encoder_equal": same, "clips": len(rows),
+               "sizes": {"teacher": models.count_parameters(teacher.model),
+                         "student": models.count_parameters(student.model)},
+               "comparison": table.astype(float).to_dict("index"),
+               "predictions": {"reference": refs, **{name: row["predictions"] for name, row in speed.iterrows()}}}
+    write_json(run.metrics("student_init"), metrics)
+    print(f"student: decoder layers {maps['decoder']} of the teacher's {teacher.model.config.decoder_layers}, "
+          f"encoder equal to the teacher's bit for bit: {same} -> {run.student_init.name}/")
+    return metrics
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(config.phase_main("student", run_phase))

@@ -30,7 +30,7 @@ import jiwer
 import opencc
 
 __all__ = ["normalize", "char_tokens", "word_tokens", "mixed_tokens", "cer", "wer",
-           "mer", "error_counts", "utterance_scores", "align"]
+           "mer", "error_counts", "utterance_scores", "align", "score"]
 
 _FOLDS = ("t2s", "s2t", None)
 _UNITS = ("char", "word", "mixed")
@@ -188,6 +188,15 @@ def mer(references, predictions, **norm_kw) -> float:
     This is the code-switching MER, not jiwer's match error rate.
     """
     return _rate(error_counts(references, predictions, "mixed", **norm_kw))
+
+
+def score(references, predictions, fold: str | None = "t2s") -> dict:
+    """Corpus ``cer``, ``wer`` and ``mer`` in percent, and ``exact_match``: the share (%) of utterances whose
+    normalised prediction equals the normalised reference."""
+    refs, preds = _pairs(references, predictions)
+    exact = sum(normalize(r, fold=fold) == normalize(p, fold=fold) for r, p in zip(refs, preds))
+    return {"cer": cer(refs, preds, fold=fold), "wer": wer(refs, preds, fold=fold),
+            "mer": mer(refs, preds, fold=fold), "exact_match": 100.0 * exact / max(len(refs), 1)}
 
 
 def utterance_scores(references, predictions, **norm_kw) -> list[dict]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -14,30 +13,14 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from . import text
 from .collate import WhisperCollator
-from .data import write_json
 from .config import dataloader_workers
+from .files import write_json
+from .models import load_whisper, save_whisper
+from .peak import memory_now
+from .plots import training_curves
 
+# The linear layers LoRA and AdaLoRA adapt, by their leaf names in a Whisper model.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-
-
-def check_params(p) -> None:
-    """Refuse training parameters that contradict each other, before any model is loaded (notebooks 02, 05, 06)."""
-    problems = []
-    if p.max_steps <= 0:
-        problems.append(f"max_steps must be positive, got {p.max_steps}")
-    if p.eval_steps <= 0 or p.save_steps <= 0:
-        problems.append(f"eval_steps and save_steps must be positive, got {p.eval_steps} and {p.save_steps}")
-    elif p.save_steps % p.eval_steps:
-        problems.append(f"save_steps ({p.save_steps}) must be a multiple of eval_steps ({p.eval_steps}): the best "
-                        "model is chosen at evaluations, and only saved checkpoints can be restored")
-    if p.fp16 and p.bf16:
-        problems.append("fp16 and bf16 are both True: choose one")
-    if getattr(p, "load_in_8bit", False) and not getattr(p, "use_lora", False):
-        problems.append("load_in_8bit needs use_lora = True (an 8-bit base cannot be trained itself)")
-    if p.per_device_train_batch_size < 1 or p.gradient_accumulation_steps < 1:
-        problems.append("per_device_train_batch_size and gradient_accumulation_steps must be at least 1")
-    if problems:
-        raise ValueError("training parameters:\n  - " + "\n  - ".join(problems))
 
 
 def prepare_model(loaded, p):
@@ -123,16 +106,6 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def memory_now() -> dict[str, float]:
-    """Memory in MB: GPU allocated and peak (``torch.cuda``) when CUDA is used, else this process's RSS."""
-    if torch.cuda.is_available():
-        return {"gpu_allocated_mb": torch.cuda.memory_allocated() / 2**20,
-                "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
-    import psutil
-
-    return {"rss_mb": psutil.Process(os.getpid()).memory_info().rss / 2**20}
-
-
 class LiveHistory(TrainerCallback):
     """Records train/eval loss, eval metrics and memory at every log, writes ``history.json`` after each,
     and, when ``live``, redraws one figure in place in the notebook while training runs. With several
@@ -158,8 +131,6 @@ class LiveHistory(TrainerCallback):
     def _draw(self):
         import matplotlib.pyplot as plt
         from IPython.display import display
-
-        from .plots import training_curves
 
         fig = training_curves(self.records, self.title)
         if self._handle is None:
@@ -217,8 +188,6 @@ def run_training(trainer, history: "LiveHistory", out_dir: Path, resume: bool) -
 def save_finetuned(loaded, p, out_dir: Path, metrics: dict) -> Path:
     """Save the fine-tuned model as a plain Whisper checkpoint (LoRA merged in; the adapter saved beside
     it in ``adapter/``), with processor, generation config and ``metrics.json``."""
-    from .models import load_whisper, save_whisper
-
     model = loaded.model
     if p.use_lora:
         model.save_pretrained(out_dir / "adapter")

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import adalora, config, data, train
+from helpers import adalora, config, train
+from helpers.collate import to_dataset
 from helpers.models import LoadedWhisper, load_whisper
 from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
 
@@ -24,13 +25,15 @@ def fresh_model():
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(tinit=5, tfinal=7), r"tinit \+ tfinal \(5 \+ 7\) must be below the optimizer steps \(12\)"),
-    (dict(target_r=8), r"target_r \(8\) must be between 1 and init_r \(4\)"),
+    (dict(target_r=8), r"target_r \(8\) must not exceed init_r \(4\)"),
     (dict(deltaT=6), r"deltaT \(6\) is not shorter than the reallocation phase \(6 steps\)"),
 ])
 def test_impossible_schedules_are_refused_before_training(overrides, message):
     p = params(**overrides)
     with pytest.raises(ValueError, match=message):
         adalora.check_schedule(p.init_r, p.target_r, p.tinit, p.tfinal, p.deltaT, p.max_steps)
+    with pytest.raises(ValueError, match=message):  # and already when the notebook's parameters are resolved
+        config.resolve("06_adalora", {k: v for k, v in vars(p).items() if k in config.defaults("06_adalora")})
 
 
 def test_target_modules_that_match_nothing_are_refused_naming_the_real_ones():
@@ -68,7 +71,7 @@ def trained(synthetic_run, tmp_path, with_callback):
     p = params()
     model = adalora.add_adalora(fresh_model(), p)
     callbacks = [adalora.RankAllocatorCallback(model)] if with_callback else []
-    train_ds, test_ds = data.to_dataset(result["train"], processor), data.to_dataset(result["test"], processor)
+    train_ds, test_ds = to_dataset(result["train"], processor), to_dataset(result["test"], processor)
     trainer = train.build_trainer(p, LoadedWhisper(model, processor, "tiny"), train_ds, test_ds, tmp_path, callbacks,
                                   keep_best=False)
     trainer.train()

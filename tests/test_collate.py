@@ -1,4 +1,4 @@
-"""Specification of helpers.collate: audio reading, on-the-fly features and labels, batch padding.
+"""Specification of helpers.collate: on-the-fly features and labels, batch padding.
 
 The processor is the tiny one of tests/fixtures.py: Whisper log-mel features over a 5 s window
 (80 mel bins x 500 frames, 100 frames per second) and a 310-token BPE tokenizer.
@@ -9,8 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import data
-from helpers.collate import FeatureTransform, WhisperCollator, read_audio
+from helpers.collate import FeatureTransform, WhisperCollator, to_dataset
 from tests.fixtures import tiny_whisper, write_tone  # noqa: F401  (tiny_whisper is a fixture)
 
 SOT, EOT = 1000, 1001  # stand-in ids for the collator tests (it only compares ids)
@@ -24,52 +23,6 @@ def processor(tiny_whisper):  # noqa: F811
 def prefix_ids(processor):
     return processor.tokenizer.convert_tokens_to_ids(
         ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"])
-
-
-# ---------------------------------------------------------------- read_audio
-
-
-def test_read_audio_averages_stereo_channels_to_mono(tmp_path):
-    t = np.arange(16_000) / 16_000
-    left = 0.4 * np.sin(2 * np.pi * 440 * t)
-    right = 0.2 * np.sin(2 * np.pi * 660 * t)
-    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), 16_000, subtype="FLOAT")
-    audio = read_audio(tmp_path / "stereo.wav")
-    assert audio.shape == (16_000,)
-    np.testing.assert_allclose(audio, (left + right) / 2, atol=1e-6)
-
-
-def test_read_audio_resamples_8_khz_to_16_khz(tmp_path):
-    # 1 s at 8 kHz = 8000 samples -> 16000 samples at 16 kHz: twice as many
-    write_tone(tmp_path / "phone.wav", 1.0, sample_rate=8_000, freq=300)
-    assert len(read_audio(tmp_path / "phone.wav")) == 2 * 8_000
-
-
-def test_read_audio_keeps_the_tone_when_resampling(tmp_path):
-    # a 300 Hz tone stays a 300 Hz tone: its spectrum peaks at bin 300 of a 1 s, 16 kHz FFT
-    write_tone(tmp_path / "phone.wav", 1.0, sample_rate=8_000, freq=300)
-    audio = read_audio(tmp_path / "phone.wav")
-    assert int(np.argmax(np.abs(np.fft.rfft(audio)))) == 300
-
-
-def test_read_audio_resamples_to_the_rate_asked_for(tmp_path):
-    # 1 s at 16 kHz read at 8 kHz -> 8000 samples
-    write_tone(tmp_path / "tone.wav", 1.0)
-    assert len(read_audio(tmp_path / "tone.wav", sampling_rate=8_000)) == 8_000
-
-
-def test_read_audio_returns_a_16_khz_file_as_it_is_in_float32(tmp_path):
-    path = write_tone(tmp_path / "tone.wav", 0.5)
-    audio = read_audio(path)
-    expected, _ = sf.read(path, dtype="float32")
-    assert audio.dtype == np.float32 and audio.flags["C_CONTIGUOUS"]
-    np.testing.assert_array_equal(audio, expected)
-
-
-def test_read_audio_of_a_file_without_samples_raises(tmp_path):
-    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16_000)
-    with pytest.raises(ValueError, match="holds no samples"):
-        read_audio(tmp_path / "empty.wav")
 
 
 # ---------------------------------------------------------------- WhisperCollator
@@ -149,21 +102,15 @@ def test_feature_transform_without_text_gives_no_labels(processor, clips):
     assert set(FeatureTransform(processor)({"audio": clips})) == {"input_features"}
 
 
-def test_feature_transform_reads_the_columns_it_is_told(processor, clips):
-    out = FeatureTransform(processor, audio_column="path", text_column="sentence")(
-        {"path": clips[:1], "sentence": ["你好"]})
-    assert len(out["input_features"]) == 1 and len(out["labels"]) == 1
-
-
 def test_feature_transform_features_differ_for_different_audio(processor, clips):
     a, b = FeatureTransform(processor)({"audio": clips})["input_features"]
     assert not np.allclose(a, b)
 
 
 def test_dataset_with_transform_and_collator_make_a_training_batch(processor, clips):
-    # data.to_dataset wraps FeatureTransform in datasets' with_transform; rows turn into features when read
+    # collate.to_dataset wraps FeatureTransform in datasets' with_transform; rows turn into features when read
     manifest = pd.DataFrame({"audio": clips, "text": ["你好", "今天天氣很好"], "duration": [1.0, 2.0]})
-    ds = data.to_dataset(manifest, processor)
+    ds = to_dataset(manifest, processor)
     items = [ds[0], ds[1]]
     assert set(items[0]) == {"input_features", "labels"}
     sot = processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")

@@ -70,7 +70,7 @@ def test_a_notebooks_own_profile_table_wins_over_the_shared_names():
 
 
 def test_defaults_refuse_an_unknown_profile_naming_the_known_ones():
-    with pytest.raises(ValueError, match=re.escape("['full', 'gpu-8gb', 'tiny']")):
+    with pytest.raises(ValueError, match=re.escape("profile must be one of 'tiny', 'gpu-8gb', 'full', got 'huge'")):
         config.defaults("01_data", "huge")
 
 
@@ -108,22 +108,22 @@ def test_resolve_keeps_false_and_zero_which_are_not_none():
 
 
 def test_resolve_refuses_unknown_names_and_names_them():
-    with pytest.raises(ValueError, match=re.escape("unknown parameter(s) ['max_step', 'sorce']")):
+    with pytest.raises(ValueError, match=re.escape("unknown parameter(s) max_step, sorce;")):
         config.resolve("01_data", {"sorce": "csv", "max_step": 3})
 
 
 def test_resolve_refuses_another_notebooks_parameter():
-    with pytest.raises(ValueError, match=re.escape("01_data: unknown parameter(s) ['max_steps']")):
+    with pytest.raises(ValueError, match=re.escape("01_data: unknown parameter(s) max_steps;")):
         config.resolve("01_data", {"max_steps": 3})
 
 
 def test_resolve_lists_the_known_names_when_refusing():
-    with pytest.raises(ValueError, match=r"known: \[.*'num_train'.*\]"):
+    with pytest.raises(ValueError, match=r"valid names: .*\bnum_train\b"):
         config.resolve("01_data", {"nmu_train": 3})
 
 
-def test_run_dir_left_at_the_tiny_literal_follows_the_profile():
-    p = config.resolve("01_data", {"profile": "gpu-8gb", "run_dir": "runs/tiny"})
+def test_run_dir_left_at_none_follows_the_profile():
+    p = config.resolve("01_data", {"profile": "gpu-8gb", "run_dir": None})
     assert p.run_dir == REPO / "runs" / "gpu-8gb"
 
 
@@ -162,3 +162,101 @@ def test_dataloader_workers_is_zero_on_spawn_platforms_and_at_most_two_elsewhere
         assert config.dataloader_workers() == 0
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     assert 1 <= config.dataloader_workers() <= 2
+
+
+# ---------------------------------------------------------------- types and ranges
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("max_steps", "abc", "parameter max_steps must be an integer >= 1, got 'abc' (str)"),
+    ("max_steps", 0, "parameter max_steps must be an integer >= 1, got 0 (int)"),
+    ("max_steps", 2.5, "an integer >= 1, got 2.5 (float)"),
+    ("max_steps", True, "an integer >= 1, got True (bool)"),          # a bool is not a count
+    ("learning_rate", 0, "a number > 0, got 0 (int)"),
+    ("test_fraction", 1.0, "a number > 0 and <= 0.9, got 1.0"),
+    ("fp16", "yes", "True or False, got 'yes' (str)"),
+    ("source", "youtube", "one of 'synthetic', 'csv', 'hub', got 'youtube'"),
+    ("models", ["a"], "a mapping {name: value} (or None), got ['a'] (list)"),
+])
+def test_check_value_refuses_a_wrong_type_or_range_naming_the_parameter(name, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config.check_value(name, value)
+
+
+@pytest.mark.parametrize("name, value", [("max_steps", 1), ("learning_rate", 5e-4), ("learning_rate", 1),
+                                         ("fold", None), ("speculative", "AdaLoRA student"), ("train_csv", None),
+                                         ("num_train", None), ("max_duration_s", 30)])
+def test_check_value_accepts_sound_values(name, value):
+    config.check_value(name, value)
+
+
+def test_resolve_checks_values_before_returning():
+    with pytest.raises(ValueError, match="parameter max_steps must be an integer"):
+        config.resolve("05_distill", {"max_steps": "abc"})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(eval_steps=100, save_steps=150), "must be a multiple of eval_steps"),
+    (dict(fp16=True, bf16=True), "choose one"),
+    (dict(load_in_8bit=True, use_lora=False), "needs use_lora"),
+])
+def test_contradicting_training_parameters_are_refused_when_resolved(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config.resolve("02_breeze_finetune", overrides)
+
+
+def test_every_profile_gives_every_notebook_valid_values():
+    for profile in config.PROFILES:
+        for notebook in config.NOTEBOOK_PARAMS:
+            config.resolve(notebook, {"profile": profile})
+
+
+def test_every_parameter_has_a_type_and_every_type_a_parameter():
+    assert set(config.SPECS) == config.all_parameters()
+
+
+def test_parse_params_refuses_an_unknown_name_listing_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) max_stepz; valid names: .*max_steps"):
+        config.parse_params([], [["max_stepz", "3"]])
+
+
+def test_parse_params_refuses_a_bad_value_before_anything_runs():
+    with pytest.raises(ValueError, match="parameter max_steps must be an integer >= 1, got 'abc'"):
+        config.parse_params([], [["max_steps", "abc"]])
+
+
+def test_parse_params_refuses_an_unknown_profile():
+    with pytest.raises(ValueError, match="profile must be one of"):
+        config.parse_params([], [], profile="nope")
+
+
+# ---------------------------------------------------------------- the notebooks' parameters cells
+
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_parameters_cell_declares_exactly_the_notebooks_parameters_in_the_profile_table(notebook):
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    assert set(declared) == set(config.defaults(notebook.stem))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_parameters_cell_leaves_every_default_to_the_profile_table(notebook):
+    # a literal here would silently beat the profile in notebook runs but not in command-line runs
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    literals = {name: spec["default"] for name, spec in declared.items() if spec["default"] != "None"}
+    assert literals == {"profile": '"tiny"'}
+
+
+def test_the_notebooks_together_declare_every_parameter_the_command_line_accepts():
+    import papermill
+
+    declared = set().union(*(papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS))
+    assert declared == config.all_parameters() == set(config.SPECS)
+    assert {nb.stem for nb in NOTEBOOKS} == set(config.NOTEBOOK_PARAMS)

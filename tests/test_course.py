@@ -3,10 +3,10 @@ of unknown parameters before any notebook runs. (Running notebooks is not tested
 """
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from helpers import course
+from helpers import config, course
+from helpers.files import write_json
 
 NOTEBOOKS = [Path(f"/nb/{n}.ipynb") for n in ("01_data", "02_breeze_finetune", "03_distill", "04_evaluate")]
 
@@ -15,7 +15,7 @@ def stems(paths):
     return [p.stem for p in paths]
 
 
-# ---------------------------------------------------------------- parse_params
+# ---------------------------------------------------------------- parse_params (config.parse_params)
 
 
 def yaml_file(tmp_path, name, text):
@@ -27,69 +27,57 @@ def yaml_file(tmp_path, name, text):
 def test_parse_params_merges_yaml_files_in_order_later_files_winning(tmp_path):
     first = yaml_file(tmp_path, "a.yaml", "max_steps: 100\nsource: csv\n")
     second = yaml_file(tmp_path, "b.yaml", "max_steps: 200\ntrain_csv: data/train.csv\n")
-    assert course.parse_params([first, second], [], None, None) == {
-        "max_steps": 200, "source": "csv", "train_csv": "data/train.csv"}
+    assert config.parse_params([first, second], []) == {"max_steps": 200, "source": "csv", "train_csv": "data/train.csv"}
 
 
 def test_parse_params_pairs_override_the_yaml_files(tmp_path):
     params_file = yaml_file(tmp_path, "a.yaml", "max_steps: 100\n")
-    assert course.parse_params([params_file], [["max_steps", "300"]], None, None) == {"max_steps": 300}
+    assert config.parse_params([params_file], [["max_steps", "300"]]) == {"max_steps": 300}
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("300", 300),                # int
-    ("0.5", 0.5),                # float
-    ("true", True),              # bool
-    ("false", False),
-    ("null", None),              # None: the profile's default
-    ("runs/x", "runs/x"),        # anything else stays a string
-    ("台北", "台北"),
+@pytest.mark.parametrize("name, value, expected", [
+    ("max_steps", "300", 300),              # int
+    ("cer_threshold", "0.5", 0.5),          # float
+    ("fp16", "true", True),                 # bool
+    ("fp16", "false", False),
+    ("max_steps", "null", None),            # None: the profile's default
+    ("run_dir", "runs/x", "runs/x"),        # anything else stays a string
+    ("text_column", "台北", "台北"),
+    ("learning_rate", "5e-4", 5e-4),        # e notation is a float (YAML 1.1 alone would read a string)
 ])
-def test_parse_params_reads_pair_values_as_yaml(value, expected):
-    parsed = course.parse_params([], [["name", value]], None, None)["name"]
+def test_parse_params_reads_pair_values_as_yaml(name, value, expected):
+    parsed = config.parse_params([], [[name, value]])[name]
     assert parsed == expected and type(parsed) is type(expected)
 
 
-def test_parse_params_reads_a_learning_rate_in_e_notation_as_a_float():
-    assert course.parse_params([], [["learning_rate", "5e-4"]], None, None)["learning_rate"] == 5e-4
+def test_parse_params_profile_and_run_dir_options_beat_the_files(tmp_path):
+    params_file = yaml_file(tmp_path, "a.yaml", "profile: tiny\nrun_dir: runs/a\n")
+    assert config.parse_params([params_file], [], "full", "runs/mine") == {"profile": "full", "run_dir": "runs/mine"}
 
 
-def test_parse_params_profile_sets_run_dir_to_runs_profile():
-    assert course.parse_params([], [], "gpu-8gb", None) == {"profile": "gpu-8gb", "run_dir": "runs/gpu-8gb"}
+def test_a_profile_alone_runs_into_its_own_run_dir():
+    params = config.parse_params([], [], "gpu-8gb")
+    assert course.check_all(course.notebooks()[:1], params) == config.REPO / "runs" / "gpu-8gb"
 
 
-def test_parse_params_profile_from_a_yaml_file_also_sets_run_dir(tmp_path):
-    params_file = yaml_file(tmp_path, "a.yaml", "profile: full\n")
-    assert course.parse_params([params_file], [], None, None)["run_dir"] == "runs/full"
-
-
-def test_parse_params_keeps_a_run_dir_given_with_the_profile():
-    assert course.parse_params([], [], "full", "runs/mine") == {"profile": "full", "run_dir": "runs/mine"}
-
-
-def test_parse_params_keeps_a_run_dir_given_as_a_pair():
-    params = course.parse_params([], [["run_dir", "runs/pair"]], "full", None)
-    assert params["run_dir"] == "runs/pair"
-
-
-def test_parse_params_profile_option_beats_the_files_profile(tmp_path):
-    params_file = yaml_file(tmp_path, "a.yaml", "profile: tiny\n")
-    assert course.parse_params([params_file], [], "full", None)["profile"] == "full"
-
-
-def test_parse_params_without_anything_is_empty():
-    # no run_dir either: the course then runs into runs/tiny, the notebooks' own default
-    assert course.parse_params([], [], None, None) == {}
+def test_parse_params_without_anything_is_empty_and_runs_into_runs_tiny():
+    assert config.parse_params([], []) == {}
+    assert course.check_all(course.notebooks(), {}) == config.REPO / "runs" / "tiny"
 
 
 def test_parse_params_accepts_an_empty_yaml_file(tmp_path):
-    assert course.parse_params([yaml_file(tmp_path, "empty.yaml", "")], [], None, None) == {}
+    assert config.parse_params([yaml_file(tmp_path, "empty.yaml", "")], []) == {}
 
 
 def test_parse_params_refuses_a_yaml_file_that_is_not_a_mapping(tmp_path):
     params_file = yaml_file(tmp_path, "list.yaml", "- max_steps\n- 3\n")
-    with pytest.raises(SystemExit, match="expected a mapping"):
-        course.parse_params([params_file], [], None, None)
+    with pytest.raises(ValueError, match="expected a mapping"):
+        config.parse_params([params_file], [])
+
+
+def test_parse_params_refuses_a_missing_yaml_file(tmp_path):
+    with pytest.raises(ValueError, match="parameters file .*nope.yaml does not exist"):
+        config.parse_params([str(tmp_path / "nope.yaml")], [])
 
 
 # ---------------------------------------------------------------- select
@@ -116,7 +104,7 @@ def test_select_accepts_unpadded_numbers_and_name_prefixes():
 
 
 def test_select_of_an_unknown_notebook_names_the_notebooks():
-    with pytest.raises(SystemExit, match="no notebook matches '07'.*01_data"):
+    with pytest.raises(ValueError, match="no notebook matches '07'.*01_data"):
         course.select(NOTEBOOKS, "07", None)
 
 
@@ -125,56 +113,62 @@ def test_course_notebooks_are_found_in_order():
     assert found[0] == "01_data" and found == sorted(found)
 
 
-# ---------------------------------------------------------------- main refuses unknown parameters
+# ---------------------------------------------------------------- main checks everything before running
 
 
 @pytest.fixture
-def nothing_runs(monkeypatch):
+def nothing_runs(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("a notebook was run")
 
     monkeypatch.setattr(course, "run", refuse)
+    monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def fake_notebooks(tmp_path, monkeypatch):
-    """A notebooks folder of two notebooks declaring (alpha, beta) and (beta, gamma)."""
-    for name, source in (("01_first", "alpha = 1\nbeta = None"), ("02_second", "beta = 2\ngamma = 'x'")):
-        cell = nbformat.v4.new_code_cell(source)
-        cell.metadata["tags"] = ["parameters"]
-        nb = nbformat.v4.new_notebook(cells=[cell])
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.write(nb, tmp_path / f"{name}.ipynb")
-    monkeypatch.setattr(course, "NOTEBOOKS_DIR", tmp_path)
-    return tmp_path
-
-
-def test_main_refuses_an_unknown_parameter_with_status_2_listing_the_known_ones(fake_notebooks, nothing_runs, capsys):
+def test_main_refuses_an_unknown_parameter_with_status_2_listing_the_valid_ones(nothing_runs, capsys):
     assert course.main(["-p", "no_such_param", "1"]) == 2
     err = capsys.readouterr().err
-    assert "unknown parameter(s) ['no_such_param']" in err
-    assert "Known parameters: alpha, beta, gamma" in err
-
-
-def test_main_refuses_a_misspelt_parameter_from_a_yaml_file(fake_notebooks, nothing_runs, tmp_path, capsys):
-    params_file = yaml_file(tmp_path, "p.yaml", "alpha: 1\ngama: 2\n")
-    assert course.main(["-f", params_file]) == 2
-    assert "['gama']" in capsys.readouterr().err
-
-
-def test_main_refuses_unknown_parameters_of_the_real_notebooks_before_running(nothing_runs, capsys):
-    assert course.main(["-p", "no_such_param", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "no_such_param" in err
+    assert err.startswith("error: parameters: unknown parameter(s) no_such_param; valid names:")
     assert all(name in err for name in ("num_train", "source", "run_dir", "profile"))
+
+
+def test_main_refuses_a_misspelt_parameter_from_a_yaml_file(nothing_runs, tmp_path, capsys):
+    params_file = yaml_file(tmp_path, "p.yaml", "max_steps: 1\nmax_stpes: 2\n")
+    assert course.main(["-f", params_file]) == 2
+    assert "max_stpes" in capsys.readouterr().err
+
+
+def test_main_refuses_a_value_of_the_wrong_type_in_one_line_before_any_notebook(nothing_runs, capsys):
+    assert course.main(["-p", "max_steps", "abc"]) == 2
+    assert capsys.readouterr().err == "error: parameter max_steps must be an integer >= 1, got 'abc' (str)\n"
+
+
+def test_main_refuses_an_unknown_profile_without_making_its_run_dir(nothing_runs, capsys):
+    assert course.main(["--profile", "nope"]) == 2
+    assert "profile must be one of 'tiny', 'gpu-8gb', 'full', got 'nope'" in capsys.readouterr().err
+    assert not (config.REPO / "runs" / "nope").exists()
+
+
+def test_main_refuses_contradicting_values_of_a_later_notebook_before_the_first_runs(nothing_runs, capsys):
+    assert course.main(["-p", "eval_steps", "100", "-p", "save_steps", "150"]) == 2
+    assert "save_steps (150) must be a multiple of eval_steps (100)" in capsys.readouterr().err
+
+
+def test_the_course_kernel_runs_this_python(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setenv("JUPYTER_PATH", "")
+    name = course.current_kernel()
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(name)
+    assert spec.argv[:3] == [sys.executable, "-m", "ipykernel_launcher"]
 
 
 # ---------------------------------------------------------------- key figures
 
 
 def test_key_figures_read_the_evaluation_results(tmp_path):
-    from helpers.data import write_json
-
     write_json(tmp_path / "eval" / "results.json", {
         "reference": "fine-tuned teacher",
         "results": [{"test_set": "test", "model": "distilled student", "status": "ok", "cer": 41.04, "params_M": 3.38,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import config, data
+from helpers import config, data, files, manifest
 from tests.fixtures import synthetic_run, write_tone  # noqa: F401  (synthetic_run is a fixture)
 
 HEADER = "file,中文意譯\n"
@@ -47,34 +47,34 @@ def test_read_csv_reads_the_same_rows_from_utf8_utf8_with_bom_and_cp950(tmp_path
     reference.write_text(csv_text(), encoding="utf-8")
     encoded = tmp_path / f"{encoding}.csv"
     encoded.write_bytes(csv_text().encode(encoding))
-    pd.testing.assert_frame_equal(data.read_csv(encoded), data.read_csv(reference))
+    pd.testing.assert_frame_equal(manifest.read_csv(encoded), manifest.read_csv(reference))
 
 
 def test_read_csv_strips_the_utf8_byte_order_mark_from_the_first_column_name(tmp_path):
     # with the BOM left in, the first column would be "\ufefffile" and "file" would be missing
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + csv_text().encode("utf-8"))
-    assert data.read_csv(path)["text"].tolist() == ["今天天氣很好", "我們去台北車站"]
+    assert manifest.read_csv(path)["text"].tolist() == ["今天天氣很好", "我們去台北車站"]
 
 
 def test_read_csv_falls_back_to_big5_hkscs_for_characters_cp950_lacks(tmp_path):
     # 堃 and 喆 (common in Taiwanese given names) are in Big5-HKSCS but not in cp950
     path = tmp_path / "hkscs.csv"
     path.write_bytes(csv_text([("a.wav", "王小堃和李喆")]).encode("big5hkscs"))
-    assert data.read_csv(path)["text"].tolist() == ["王小堃和李喆"]
+    assert manifest.read_csv(path)["text"].tolist() == ["王小堃和李喆"]
 
 
 def test_read_csv_with_an_explicit_wrong_encoding_raises_a_clear_value_error(tmp_path):
     path = tmp_path / "big5.csv"
     path.write_bytes(csv_text().encode("cp950"))
     with pytest.raises(ValueError, match="cannot decode the file as utf-8; save it as UTF-8, or give its encoding"):
-        data.read_csv(path, encoding="utf-8")
+        manifest.read_csv(path, encoding="utf-8")
 
 
 def test_read_csv_with_an_explicit_right_encoding_reads_it(tmp_path):
     path = tmp_path / "big5.csv"
     path.write_bytes(csv_text().encode("cp950"))
-    assert data.read_csv(path, encoding="cp950")["text"].tolist() == ["今天天氣很好", "我們去台北車站"]
+    assert manifest.read_csv(path, encoding="cp950")["text"].tolist() == ["今天天氣很好", "我們去台北車站"]
 
 
 def test_read_csv_of_bytes_no_encoding_decodes_raises_a_value_error_naming_the_encodings_tried(tmp_path):
@@ -82,12 +82,12 @@ def test_read_csv_of_bytes_no_encoding_decodes_raises_a_value_error_naming_the_e
     path = tmp_path / "garbage.csv"
     path.write_bytes(HEADER.encode("utf-8") + b"a.wav,\xff\xff\xff\n")
     with pytest.raises(ValueError, match="utf-8-sig or cp950 or big5hkscs"):
-        data.read_csv(path)
+        manifest.read_csv(path)
 
 
 def test_read_csv_of_a_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.read_csv(tmp_path / "nothing.csv")
+        manifest.read_csv(tmp_path / "nothing.csv")
 
 
 # ---------------------------------------------------------------- read_csv: columns and rows
@@ -98,13 +98,13 @@ def test_read_csv_missing_columns_raise_a_value_error_naming_the_columns_found(t
     path.write_text("path,sentence\na.wav,你好\n", encoding="utf-8")
     expected = "no column(s) ['file', '中文意譯']; the file has columns ['path', 'sentence']"
     with pytest.raises(ValueError, match=re.escape(expected)):
-        data.read_csv(path)
+        manifest.read_csv(path)
 
 
 def test_read_csv_takes_other_column_names_when_told(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("path,sentence\na.wav,你好\n", encoding="utf-8")
-    assert data.read_csv(path, audio_column="path", text_column="sentence")["text"].tolist() == ["你好"]
+    assert manifest.read_csv(path, audio_column="path", text_column="sentence")["text"].tolist() == ["你好"]
 
 
 def test_read_csv_resolves_relative_audio_paths_against_the_csv_folder_not_the_cwd(tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_read_csv_resolves_relative_audio_paths_against_the_csv_folder_not_the_c
     path = folder / "list.csv"
     path.write_text(csv_text([("audio/a.wav", "一"), ("../elsewhere/b.wav", "二")]), encoding="utf-8")
     monkeypatch.chdir(tmp_path)  # somewhere else than the CSV's folder
-    assert data.read_csv(path)["audio"].tolist() == [str((folder / "audio" / "a.wav").resolve()),
+    assert manifest.read_csv(path)["audio"].tolist() == [str((folder / "audio" / "a.wav").resolve()),
                                                     str((tmp_path / "elsewhere" / "b.wav").resolve())]
 
 
@@ -121,14 +121,14 @@ def test_read_csv_keeps_absolute_audio_paths_and_leaves_blank_ones_blank(tmp_pat
     absolute = str((tmp_path / "x" / "a.wav").resolve())
     path = tmp_path / "list.csv"
     path.write_text(csv_text([(absolute, "一"), ("  ", "二")]), encoding="utf-8")
-    assert data.read_csv(path)["audio"].tolist() == [absolute, ""]
+    assert manifest.read_csv(path)["audio"].tolist() == [absolute, ""]
 
 
 def test_read_csv_returns_manifest_rows_with_csv_line_numbers(tmp_path):
     # header is line 1, so the two data rows are lines 2 and 3
     path = tmp_path / "list.csv"
     path.write_text(csv_text([("a.wav", "  前後有空白  "), ("b.wav", "二")]), encoding="utf-8")
-    rows = data.read_csv(path, split="test")
+    rows = manifest.read_csv(path, split="test")
     assert list(rows.columns) == ["audio", "text", "duration", "split", "source", "row"]
     assert rows["text"].tolist() == ["前後有空白", "二"]
     assert rows["row"].tolist() == [2, 3]
@@ -139,7 +139,7 @@ def test_read_csv_returns_manifest_rows_with_csv_line_numbers(tmp_path):
 def test_read_csv_keeps_a_numeric_looking_transcript_as_text(tmp_path):
     path = tmp_path / "list.csv"
     path.write_text(csv_text([("a.wav", "0911"), ("b.wav", "")]), encoding="utf-8")
-    assert data.read_csv(path)["text"].tolist() == ["0911", ""]
+    assert manifest.read_csv(path)["text"].tolist() == ["0911", ""]
 
 
 # ---------------------------------------------------------------- check_rows: hand-made rows
@@ -147,13 +147,13 @@ def test_read_csv_keeps_a_numeric_looking_transcript_as_text(tmp_path):
 
 def test_check_rows_keeps_a_good_row_with_its_duration_from_the_file_header(tmp_path):
     wav = write_tone(tmp_path / "good.wav", 1.5)
-    kept, skipped = data.check_rows(manifest_rows((str(wav), "你好")), max_duration_s=5.0)
+    kept, skipped = manifest.check_rows(manifest_rows((str(wav), "你好")), max_duration_s=5.0)
     assert kept["duration"].tolist() == [1.5]  # 24000 frames / 16000 Hz
     assert kept["text"].tolist() == ["你好"] and skipped.empty
 
 
 def _reason(rows, max_duration_s=5.0):
-    kept, skipped = data.check_rows(rows, max_duration_s)
+    kept, skipped = manifest.check_rows(rows, max_duration_s)
     assert kept.empty and len(skipped) == 1
     return skipped["reason"].iloc[0]
 
@@ -194,7 +194,7 @@ def test_check_rows_skips_a_missing_transcript(tmp_path, text):
 @pytest.mark.parametrize("text", ["", None])
 def test_check_rows_keeps_a_row_of_the_unlabelled_split_without_transcript(tmp_path, text):
     wav = write_tone(tmp_path / "good.wav", 1.0)
-    kept, skipped = data.check_rows(manifest_rows((str(wav), text)).assign(split="unlabelled"), 5.0)
+    kept, skipped = manifest.check_rows(manifest_rows((str(wav), text)).assign(split="unlabelled"), 5.0)
     assert len(kept) == 1 and skipped.empty
 
 
@@ -205,19 +205,19 @@ def test_check_rows_skips_audio_longer_than_the_maximum(tmp_path):
 
 def test_check_rows_without_a_maximum_keeps_long_audio(tmp_path):
     wav = write_tone(tmp_path / "long.wav", 3.0)
-    kept, _ = data.check_rows(manifest_rows((str(wav), "你好")), max_duration_s=None)
+    kept, _ = manifest.check_rows(manifest_rows((str(wav), "你好")), max_duration_s=None)
     assert kept["duration"].tolist() == [3.0]
 
 
 def test_check_rows_reports_the_row_number_split_and_source_of_a_skipped_row(tmp_path):
     rows = manifest_rows((str(tmp_path / "gone.wav"), "你好"))
-    _, skipped = data.check_rows(rows, 5.0)
+    _, skipped = manifest.check_rows(rows, 5.0)
     assert skipped.to_dict("records") == [{"audio": str(tmp_path / "gone.wav"), "row": 2, "split": "train",
                                             "source": "csv", "reason": "missing file"}]
 
 
 def test_check_rows_with_no_usable_rows_returns_an_empty_table_with_the_manifest_columns():
-    kept, skipped = data.check_rows(manifest_rows(("", "你好")), 5.0)
+    kept, skipped = manifest.check_rows(manifest_rows(("", "你好")), 5.0)
     assert kept.empty and list(kept.columns) == ["audio", "text", "duration", "split", "source", "row"]
 
 
@@ -241,13 +241,13 @@ def test_messy_csv_is_written_in_cp950(messy_csv):
 
 
 def test_check_rows_keeps_only_the_good_rows_of_the_messy_csv(messy_csv):
-    kept, _ = data.check_rows(data.read_csv(messy_csv), max_duration_s=5.0)
+    kept, _ = manifest.check_rows(manifest.read_csv(messy_csv), max_duration_s=5.0)
     assert kept["text"].tolist() == ["第一句", "第二句"]
     assert kept["duration"].tolist() == [1.0, 1.5]
 
 
 def test_check_rows_gives_each_bad_row_of_the_messy_csv_its_reason(messy_csv):
-    _, skipped = data.check_rows(data.read_csv(messy_csv), max_duration_s=5.0)
+    _, skipped = manifest.check_rows(manifest.read_csv(messy_csv), max_duration_s=5.0)
     # lines 2-3 are the good clips; then one row per problem, in this order
     assert skipped["row"].tolist() == [4, 5, 6, 7, 8]
     assert skipped["reason"].tolist()[:3] == ["missing file", "empty transcript", "empty audio"]
@@ -264,33 +264,33 @@ def ten_rows():
 
 
 def test_holdout_split_marks_the_requested_fraction_as_test():
-    split = data.holdout_split(ten_rows(), 0.3)
+    split = manifest.holdout_split(ten_rows(), 0.3)
     assert (split["split"] == "test").sum() == 3  # round(10 * 0.3)
     assert (split["split"] == "train").sum() == 7
 
 
 def test_holdout_split_holds_out_at_least_one_row():
     # round(10 * 0.01) = 0, raised to 1 so the test split is never empty
-    assert (data.holdout_split(ten_rows(), 0.01)["split"] == "test").sum() == 1
+    assert (manifest.holdout_split(ten_rows(), 0.01)["split"] == "test").sum() == 1
 
 
 def test_holdout_split_is_deterministic_for_a_seed_and_varies_with_it():
-    first = data.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist()
-    assert data.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist() == first
-    others = {tuple(data.holdout_split(ten_rows(), 0.3, seed=s)["split"]) for s in range(1, 6)}
+    first = manifest.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist()
+    assert manifest.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist() == first
+    others = {tuple(manifest.holdout_split(ten_rows(), 0.3, seed=s)["split"]) for s in range(1, 6)}
     assert others != {tuple(first)}
 
 
 def test_holdout_split_leaves_its_input_unchanged():
     rows = ten_rows()
-    data.holdout_split(rows, 0.5)
+    manifest.holdout_split(rows, 0.5)
     assert rows["split"].tolist() == ["train"] * 10
 
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
 def test_holdout_split_rejects_a_fraction_outside_0_to_1(fraction):
     with pytest.raises(ValueError, match="test_fraction"):
-        data.holdout_split(ten_rows(), fraction)
+        manifest.holdout_split(ten_rows(), fraction)
 
 
 def both_splits():
@@ -300,21 +300,21 @@ def both_splits():
 
 
 def test_take_returns_all_rows_of_the_split_when_n_is_none():
-    part = data.take(both_splits(), "test", None)
+    part = manifest.take(both_splits(), "test", None)
     assert part["text"].tolist() == ["八", "九", "十"]
     assert part.index.tolist() == [0, 1, 2]
 
 
 def test_take_samples_n_rows_deterministically_in_their_original_order():
-    first = data.take(both_splits(), "train", 4, seed=0)
+    first = manifest.take(both_splits(), "train", 4, seed=0)
     assert len(first) == 4
-    assert first["text"].tolist() == data.take(both_splits(), "train", 4, seed=0)["text"].tolist()
+    assert first["text"].tolist() == manifest.take(both_splits(), "train", 4, seed=0)["text"].tolist()
     order = [list("一二三四五六七").index(t) for t in first["text"]]
     assert order == sorted(order)
 
 
 def test_take_with_n_above_the_split_size_returns_the_whole_split():
-    assert len(data.take(both_splits(), "train", 100)) == 7
+    assert len(manifest.take(both_splits(), "train", 100)) == 7
 
 
 # ---------------------------------------------------------------- save_manifests / load_manifest
@@ -322,26 +322,28 @@ def test_take_with_n_above_the_split_size_returns_the_whole_split():
 
 def test_saved_manifests_load_back_unchanged_with_text_kept_as_text(tmp_path):
     # "007" and "2024" must not become numbers, nor "true" a bool
-    manifest = pd.DataFrame({"audio": ["/a.wav", "/b.wav", "/c.wav"], "text": ["007", "2024", "true"],
-                             "duration": [1.0, 2.5, 3.0], "split": "train", "source": "csv", "row": [2, 3, 4]})
+    rows = pd.DataFrame({"audio": ["/a.wav", "/b.wav", "/c.wav"], "text": ["007", "2024", "true"],
+                         "duration": [1.0, 2.5, 3.0], "split": "train", "source": "csv", "row": [2, 3, 4]})
     skipped = pd.DataFrame(columns=["audio", "row", "split", "source", "reason"])
-    data.save_manifests(tmp_path, {"train": manifest}, skipped, {"source": "csv"})
-    pd.testing.assert_frame_equal(data.load_manifest(tmp_path, "train"), manifest, check_dtype=False)
-    assert data.load_manifest(tmp_path, "train")["text"].tolist() == ["007", "2024", "true"]
+    manifest.save_manifests(tmp_path, {"train": rows}, skipped, {"source": "csv"})
+    pd.testing.assert_frame_equal(manifest.load_manifest(tmp_path, "train"), rows, check_dtype=False)
+    assert manifest.load_manifest(tmp_path, "train")["text"].tolist() == ["007", "2024", "true"]
 
 
 def test_save_manifests_writes_one_jsonl_per_split_and_the_skipped_table_and_report(tmp_path):
     part = pd.DataFrame({"audio": ["/a.wav"], "text": ["你好"], "duration": [1.0], "split": "train", "source": "csv"})
     skipped = pd.DataFrame([{"audio": "", "row": 3, "split": "train", "source": "csv", "reason": "no audio file named"}])
-    out = data.save_manifests(tmp_path / "data", {"train": part, "test": part}, skipped, {"note": "報告"})
+    out = manifest.save_manifests(tmp_path / "data", {"train": part, "test": part}, skipped, {"note": "報告"})
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "skipped.csv", "test.jsonl", "train.jsonl"]
     assert json.loads((out / "report.json").read_text("utf-8")) == {"note": "報告"}
     assert pd.read_csv(out / "skipped.csv")["reason"].tolist() == ["no audio file named"]
 
 
-def test_load_manifest_of_a_split_never_written_says_to_run_notebook_01(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run notebook 01_data"):
-        data.load_manifest(tmp_path, "train")
+def test_load_manifest_of_a_split_never_written_says_which_notebook_writes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run 01_data with the same run_dir"):
+        manifest.load_manifest(tmp_path / "data", "train")
+    with pytest.raises(FileNotFoundError, match="run 03_pseudo_label with the same run_dir"):
+        manifest.load_manifest(tmp_path / "pseudo", "train")
 
 
 # ---------------------------------------------------------------- load_hub through a local dataset folder
@@ -458,7 +460,7 @@ def test_prepare_writes_manifests_that_load_back(synthetic_run):
     params, result = synthetic_run
     data_dir = Path(params.run_dir) / "data"
     for split in ("train", "test"):
-        assert data.load_manifest(data_dir, split)["text"].tolist() == result[split]["text"].tolist()
+        assert manifest.load_manifest(data_dir, split)["text"].tolist() == result[split]["text"].tolist()
     assert json.loads((data_dir / "report.json").read_text("utf-8")) == result["report"]
 
 
@@ -470,7 +472,7 @@ def test_prepare_synthetic_writes_an_unlabelled_split_without_transcripts_from_t
     assert len(unlabelled) == 2 and (unlabelled["text"] == "").all()  # the spoken sentences are thrown away
     train_voices = {s.voice for s in synth.default_splits(1, 1)[0].speakers}
     assert set(unlabelled["voice"]) <= train_voices and not set(unlabelled["voice"]) & set(result["test"]["voice"])
-    written = data.load_manifest(Path(params.run_dir) / "data", "unlabelled")
+    written = manifest.load_manifest(Path(params.run_dir) / "data", "unlabelled")
     assert written["audio"].tolist() == unlabelled["audio"].tolist()
 
 
@@ -478,14 +480,14 @@ def test_audio_to_pseudo_label_is_train_then_unlabelled_never_test(synthetic_run
     params, result = synthetic_run
     data_dir = Path(params.run_dir) / "data"
     train, unlabelled = result["train"]["audio"].tolist(), result["unlabelled"]["audio"].tolist()
-    assert data.audio_to_pseudo_label(data_dir)["audio"].tolist() == train + unlabelled
-    assert data.audio_to_pseudo_label(data_dir, include_unlabelled=False)["audio"].tolist() == train
+    assert manifest.audio_to_pseudo_label(data_dir)["audio"].tolist() == train + unlabelled
+    assert manifest.audio_to_pseudo_label(data_dir, include_unlabelled=False)["audio"].tolist() == train
 
 
 def test_audio_to_pseudo_label_without_an_unlabelled_manifest_is_the_train_split(tmp_path):
     splits = {"train": manifest_rows(("a.wav", "你好")), "test": manifest_rows(("b.wav", "再見"))}
-    data.save_manifests(tmp_path, splits, pd.DataFrame(), {})
-    assert data.audio_to_pseudo_label(tmp_path)["audio"].tolist() == ["a.wav"]
+    manifest.save_manifests(tmp_path, splits, pd.DataFrame(), {})
+    assert manifest.audio_to_pseudo_label(tmp_path)["audio"].tolist() == ["a.wav"]
 
 
 def test_prepare_report_counts_utterances_and_hours(synthetic_run):
@@ -548,10 +550,9 @@ def test_prepare_csv_without_train_csv_says_what_it_needs(tmp_path):
         data.prepare(p)
 
 
-def test_prepare_refuses_an_unknown_source(tmp_path):
-    p = config.resolve("01_data", {"source": "ftp", "run_dir": str(tmp_path)})
-    with pytest.raises(ValueError, match="source must be 'synthetic', 'csv' or 'hub'"):
-        data.prepare(p)
+def test_an_unknown_source_is_refused_when_the_parameters_are_resolved(tmp_path):
+    with pytest.raises(ValueError, match="source must be one of 'synthetic', 'csv', 'hub', got 'ftp'"):
+        config.resolve("01_data", {"source": "ftp", "run_dir": str(tmp_path)})
 
 
 def test_prepare_stops_when_a_split_has_no_usable_rows(tmp_path):

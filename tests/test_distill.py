@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from helpers import config, distill, pseudo, student
+from helpers import config, distill, encoder_cache, pseudo, student
 from helpers.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
 
@@ -110,7 +110,9 @@ def test_distillation_in_cache_mode_trains_the_decoder_and_leaves_frozen_weights
     _, result = synthetic_run
     teacher, pupil = pair()
     rows = result["train"]
-    pseudo.write_encoder_cache(teacher, rows, tmp_path / "cache", progress=False)
+    writer = encoder_cache.CacheWriter(teacher, rows, tmp_path / "cache")
+    pseudo.pseudo_label(teacher, rows, 100, 4, progress=False, on_encoded=writer.write)
+    writer.publish()
     teacher_before = copy.deepcopy(teacher.model.state_dict())
     encoder_before = copy.deepcopy(pupil.model.model.encoder.state_dict())
     decoder_before = pupil.model.model.decoder.layers[0].fc1.weight.detach().clone()

@@ -1,6 +1,6 @@
-"""Specification of helpers.evaluate: metrics on known predictions, RTFx, the side-by-side evaluation of
-several models with a failing one among them, the results files, and speculative decoding that must
-give the teacher's greedy transcripts exactly.
+"""Specification of helpers.evaluate, helpers.decode and helpers.speculative: metrics on known predictions,
+RTFx, the side-by-side evaluation of several models with a failing one among them, the results files, and
+speculative decoding that must give the teacher's greedy transcripts exactly.
 
 The models are the shipped tiny teacher (assets/tiny-whisper-zh, 4+4 layers) and students cut from it;
 the clips are the synthetic fixture's (3 test clips). Nothing touches the Hugging Face hub.
@@ -12,7 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import data, evaluate, models, student
+from helpers import decode, evaluate, models, speculative, student, text
+from helpers.config import TINY_TEACHER
+from helpers.files import write_json
+from helpers.manifest import load_manifest
+from helpers.peak import PeakMemory
 from tests.fixtures import build_tiny_whisper, synthetic_run, write_tone  # noqa: F401
 
 
@@ -22,21 +26,21 @@ from tests.fixtures import build_tiny_whisper, synthetic_run, write_tone  # noqa
 def test_score_on_known_predictions():
     refs = ["今天下午三點開會", "明天天氣很好"]
     preds = ["今天下午三点开会", "明天天氣不好"]  # the first differs only in Simplified spelling
-    s = evaluate.score(refs, preds, fold="t2s")
+    s = text.score(refs, preds, fold="t2s")
     assert s["cer"] == pytest.approx(100 * 1 / 14)  # one substitution in 8 + 6 characters
     assert s["exact_match"] == 50.0
-    assert evaluate.score(refs, preds, fold=None)["cer"] == pytest.approx(100 * 4 / 14)  # 點开会 + 不 count
+    assert text.score(refs, preds, fold=None)["cer"] == pytest.approx(100 * 4 / 14)  # 點开会 + 不 count
 
 
 def test_score_of_perfect_predictions_is_zero_everywhere():
     refs = ["開 meeting 之前 check email"]
-    assert evaluate.score(refs, refs) == {"cer": 0.0, "wer": 0.0, "mer": 0.0, "exact_match": 100.0}
+    assert text.score(refs, refs) == {"cer": 0.0, "wer": 0.0, "mer": 0.0, "exact_match": 100.0}
 
 
 def test_rtfx_is_audio_seconds_per_compute_second():
-    assert evaluate.rtfx(60.0, 4.0) == 15.0
+    assert decode.rtfx(60.0, 4.0) == 15.0
     with pytest.raises(ValueError, match="positive"):
-        evaluate.rtfx(60.0, 0.0)
+        decode.rtfx(60.0, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,18 +48,18 @@ def test_rtfx_is_audio_seconds_per_compute_second():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def teacher():
-    return models.load_whisper(models.TINY_TEACHER)
+    return models.load_whisper(TINY_TEACHER)
 
 
 @pytest.fixture(scope="module")
 def test_rows(synthetic_run):  # noqa: F811
     params, _ = synthetic_run
-    return data.load_manifest(params.run_dir / "data", "test")
+    return load_manifest(params.run_dir / "data", "test")
 
 
 def test_transcribe_stats_add_up_and_batching_does_not_change_transcripts(teacher, test_rows):
-    batched, stats = evaluate.transcribe(teacher.model, teacher.processor, test_rows, batch_size=3, progress=False)
-    single, _ = evaluate.transcribe(teacher.model, teacher.processor, test_rows, batch_size=1, progress=False)
+    batched, stats = decode.transcribe(teacher.model, teacher.processor, test_rows, batch_size=3, progress=False)
+    single, _ = decode.transcribe(teacher.model, teacher.processor, test_rows, batch_size=1, progress=False)
     assert batched == single and len(batched) == len(test_rows)
     assert stats["compute_s"] == pytest.approx(stats["encoder_s"] + stats["decoder_s"])
     assert stats["audio_s"] == pytest.approx(test_rows["duration"].sum())
@@ -65,7 +69,7 @@ def test_transcribe_stats_add_up_and_batching_does_not_change_transcripts(teache
 
 def test_transcribe_refuses_an_empty_manifest(teacher, test_rows):
     with pytest.raises(ValueError, match="no rows"):
-        evaluate.transcribe(teacher.model, teacher.processor, test_rows.head(0), progress=False)
+        decode.transcribe(teacher.model, teacher.processor, test_rows.head(0), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +83,7 @@ def fake_stage(folder):
 def test_find_models_lists_the_stages_that_exist_in_course_order(tmp_path):
     for name in ("student_kd", "teacher", "student_init"):  # made out of order; student_adalora missing
         fake_stage(tmp_path / name)
-    data.write_json(tmp_path / "teacher" / "metrics.json", {"base_model": "MediaTek-Research/Breeze-ASR-25"})
+    write_json(tmp_path / "teacher" / "metrics.json", {"base_model": "MediaTek-Research/Breeze-ASR-25"})
     found = evaluate.find_models(tmp_path)
     assert list(found) == ["base teacher", "fine-tuned teacher", "student before KD", "distilled student"]
     assert found["base teacher"] == "MediaTek-Research/Breeze-ASR-25"
@@ -121,7 +125,7 @@ def test_load_test_sets_defaults_to_notebook_01s_test_split(synthetic_run):  # n
 
 
 def test_describe_models_reads_configs_without_loading_and_notes_a_missing_one(tmp_path):
-    table = evaluate.describe_models({"tiny": str(models.TINY_TEACHER), "gone": str(tmp_path / "gone")})
+    table = evaluate.describe_models({"tiny": str(TINY_TEACHER), "gone": str(tmp_path / "gone")})
     assert table.loc["tiny", "from"] == "assets/tiny-whisper-zh"  # relative to the repository
     assert (table.loc["tiny", "encoder layers"], table.loc["tiny", "decoder layers"]) == (4, 4)
     assert "cannot read its config" in table.loc["gone", "note"]
@@ -138,7 +142,7 @@ def student_dir(teacher, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(student_dir, test_rows):
-    paths = {"fine-tuned teacher": str(models.TINY_TEACHER), "broken": "/no/such/model",
+    paths = {"fine-tuned teacher": str(TINY_TEACHER), "broken": "/no/such/model",
              "student before KD": str(student_dir)}
     return evaluate.evaluate_models(paths, {"test": test_rows, "again": test_rows.head(2)}, batch_size=2, rounds=1,
                                     warmup=1, progress=False, device="cpu")
@@ -169,7 +173,7 @@ def test_predictions_have_one_row_per_model_and_utterance_with_its_scores(evalua
     assert len(predictions) == 2 * (len(test_rows) + 2)  # two working models, both test sets
     teacher = predictions[(predictions["model"] == "fine-tuned teacher") & (predictions["test_set"] == "test")]
     corpus = results.set_index(["model", "test_set"]).loc[("fine-tuned teacher", "test"), "cer"]
-    assert evaluate.score(teacher["reference"].tolist(), teacher["prediction"].tolist())["cer"] == pytest.approx(corpus)
+    assert text.score(teacher["reference"].tolist(), teacher["prediction"].tolist())["cer"] == pytest.approx(corpus)
 
 
 def test_results_files_are_written_and_read_back(evaluated, tmp_path):
@@ -204,11 +208,11 @@ def test_worst_utterances_come_highest_cer_first(evaluated):
 
 def test_evaluate_models_refuses_an_empty_test_set(test_rows):
     with pytest.raises(ValueError, match="'empty' has no rows"):
-        evaluate.evaluate_models({"t": str(models.TINY_TEACHER)}, {"empty": test_rows.head(0)}, progress=False)
+        evaluate.evaluate_models({"t": str(TINY_TEACHER)}, {"empty": test_rows.head(0)}, progress=False)
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with evaluate.PeakMemory("cpu", interval=0.001) as mem:
+    with PeakMemory("cpu", interval=0.001) as mem:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         block.sum()
         import time
@@ -221,7 +225,7 @@ def test_peak_memory_sees_a_large_allocation():
 # ---------------------------------------------------------------------------------------------
 def test_speculative_decoding_gives_the_teachers_greedy_transcripts(teacher, student_dir, test_rows):
     small = models.load_whisper(student_dir)
-    summary, speed = evaluate.speculative_check(teacher, small, test_rows, rounds=1, warmup=0)
+    summary, speed = speculative.speculative_check(teacher, small, test_rows, rounds=1, warmup=0)
     assert summary["differ"] == 0 and summary["utterances"] == len(test_rows)
     assert summary["assistant"].startswith("decoder only")  # the student's encoder is the teacher's
     assert speed.loc["teacher + student (speculative)", "CER %"] == speed.loc["teacher alone", "CER %"]
@@ -232,15 +236,15 @@ def test_an_assistant_with_its_own_encoder_runs_whole_and_is_still_exact(teacher
     small = models.load_whisper(student_dir)
     with torch.no_grad():
         small.model.model.encoder.layers[0].fc1.weight.mul_(1.01)
-    assistant, how = evaluate.make_assistant(teacher, small)
+    assistant, how = speculative.make_assistant(teacher, small)
     assert how.startswith("whole student") and assistant is small.model
-    summary, _ = evaluate.speculative_check(teacher, small, test_rows.head(2), rounds=1, warmup=0)
+    summary, _ = speculative.speculative_check(teacher, small, test_rows.head(2), rounds=1, warmup=0)
     assert summary["differ"] == 0
 
 
 def test_the_decoder_only_assistant_leaves_the_students_config_alone(teacher, student_dir):
     small = models.load_whisper(student_dir)
-    evaluate.make_assistant(teacher, small)
+    speculative.make_assistant(teacher, small)
     assert small.model.config.is_encoder_decoder  # WhisperForCausalLM's __init__ would flip a shared config
 
 
@@ -248,20 +252,20 @@ def test_speculative_decoding_refuses_another_tokenizer(teacher):
     model, processor = build_tiny_whisper()  # 300 BPE tokens: not the tiny teacher's 1000
     other = models.LoadedWhisper(model, processor, "other")
     with pytest.raises(ValueError, match="speculative decoding needs the teacher's tokenizer"):
-        evaluate.make_assistant(teacher, other)
+        speculative.make_assistant(teacher, other)
 
 
 def test_speculative_decoding_refuses_batches(teacher, test_rows):
     with pytest.raises(ValueError, match="batch_size must be 1"):
-        evaluate.transcribe(teacher.model, teacher.processor, test_rows, batch_size=2, progress=False,
+        decode.transcribe(teacher.model, teacher.processor, test_rows, batch_size=2, progress=False,
                             assistant_model=teacher.model)
 
 
 def test_pick_speculative_pair():
     paths = {"base teacher": "a", "fine-tuned teacher": "b", "student before KD": "c", "distilled student": "d"}
-    assert evaluate.pick_speculative_pair(paths, True) == ("fine-tuned teacher", "distilled student")
-    assert evaluate.pick_speculative_pair(paths, "student before KD") == ("fine-tuned teacher", "student before KD")
-    assert evaluate.pick_speculative_pair(paths, False) is None
-    assert evaluate.pick_speculative_pair({"distilled student": "d"}, True) is None
+    assert speculative.pick_speculative_pair(paths, True) == ("fine-tuned teacher", "distilled student")
+    assert speculative.pick_speculative_pair(paths, "student before KD") == ("fine-tuned teacher", "student before KD")
+    assert speculative.pick_speculative_pair(paths, False) is None
+    assert speculative.pick_speculative_pair({"distilled student": "d"}, True) is None
     with pytest.raises(ValueError, match="names no model"):
-        evaluate.pick_speculative_pair(paths, "AdaLoRA student")
+        speculative.pick_speculative_pair(paths, "AdaLoRA student")

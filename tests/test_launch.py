@@ -16,34 +16,50 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import config, data, launch, models, student
+from helpers import config, launch, models, processes, student
+from helpers.files import read_json
+from helpers.processes import free_port
+from helpers.manifest import load_manifest, save_manifests
 from helpers.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
 
 
 def test_shards_are_contiguous_blocks_that_cover_the_rows_in_order():
     # 10 rows in 3 shards: sizes 4, 3, 3 (the first 10 % 3 = 1 shard takes one more)
-    assert [launch.shard_bounds(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
-    assert [launch.shard_bounds(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]  # more processes than rows
+    assert [processes.shard_bounds(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert [processes.shard_bounds(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]  # more processes than rows
     with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
-        launch.shard_bounds(4, 2, 2)
+        processes.shard_bounds(4, 2, 2)
 
 
-def test_phase_params_take_the_notebooks_parameters_and_leave_other_notebooks_ones_out():
-    p = launch.phase_params("distill", {"max_steps": 7, "num_train": 50, "profile": "gpu-8gb"})
+def test_a_phase_takes_its_notebooks_parameters_and_leaves_other_notebooks_ones_out():
+    params = {"max_steps": 7, "num_train": 50, "profile": "gpu-8gb"}
+    p = config.resolve("05_distill", config.own_params("05_distill", params))
     assert p.max_steps == 7 and not hasattr(p, "num_train")  # num_train belongs to notebook 01
     assert p.learning_rate == config.defaults("05_distill", "gpu-8gb")["learning_rate"]
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['max_stepz'\]"):
-        launch.phase_params("distill", {"max_stepz": 7})
 
 
-def test_the_command_refuses_an_unknown_parameter_by_name(capsys):
-    assert launch.main("pseudo", ["-p", "cer_treshold", "10"]) == 2
-    assert "cer_treshold" in capsys.readouterr().err
+def test_the_command_refuses_an_unknown_parameter_by_name_before_running(capsys):
+    ran = []
+    assert config.phase_main("pseudo", ran.append, ["-p", "cer_treshold", "10"]) == 2
+    err = capsys.readouterr().err
+    assert ran == [] and "cer_treshold" in err and "cer_threshold" in err  # the valid names are listed
+    assert "Traceback" not in err
+
+
+def test_the_command_refuses_a_value_of_the_wrong_type_in_one_line(capsys):
+    assert config.phase_main("distill", lambda p: None, ["-p", "max_steps", "abc"]) == 2
+    assert capsys.readouterr().err == "error: parameter max_steps must be an integer >= 1, got 'abc' (str)\n"
+
+
+def test_the_command_says_which_input_is_missing_without_a_traceback(tmp_path, capsys):
+    assert config.phase_main("distill", launch.RUN_PHASE["distill"], ["--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "teacher" in err and "Traceback" not in err
 
 
 def test_a_single_process_needs_no_launcher_and_no_process_group():
-    state = launch.process_state()
+    state = processes.process_state()
     assert (state.num_processes, state.process_index, state.is_main_process) == (1, 0, True)
     state.wait_for_everyone()  # a no-op alone
 
@@ -63,7 +79,7 @@ def run_command(module: str, run_dir, params: dict, processes: int, timeout: int
     ``accelerate launch --multi_gpu --num_processes <processes>`` (on CPU: gloo processes)."""
     launcher = [] if processes == 1 else [
         "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(launch.free_port())]
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     command = [sys.executable, *launcher, "-m", module, "--run-dir", str(run_dir)]
     for name, value in params.items():
         command += ["-p", name, json.dumps(value)]  # JSON is YAML: numbers, true/false, quoted strings
@@ -83,25 +99,24 @@ def run_dir_with_data(root, synthetic_run):
 def test_two_processes_pseudo_label_and_cache_exactly_what_one_process_does(tmp_path, synthetic_run):
     # Each process transcribes and encodes a contiguous half of the manifest; the shards merged in rank
     # order must give the single-process manifest row for row, and the same cache bytes.
-    params = {"teacher": str(models.TINY_TEACHER), "cer_threshold": 100.0, "batch_size": 3,
+    params = {"teacher": str(config.TINY_TEACHER), "cer_threshold": 100.0, "batch_size": 3,
               "cache_encoder_outputs": True}
     one = run_dir_with_data(tmp_path / "one", synthetic_run)
     two = run_dir_with_data(tmp_path / "two", synthetic_run)
     run_command("helpers.pseudo", one, params, processes=1)
     run_command("helpers.pseudo", two, params, processes=2)
-    summary = data.read_json(one / "pseudo" / "report.json")
+    summary = read_json(one / "pseudo" / "report.json")
 
     for name in ("all", "train"):
-        pd.testing.assert_frame_equal(data.load_manifest(one / "pseudo", name), data.load_manifest(two / "pseudo", name))
+        pd.testing.assert_frame_equal(load_manifest(one / "pseudo", name), load_manifest(two / "pseudo", name))
     assert summary["kept"] >= 2  # the halves both hold kept rows, so the cache really was written by shards
-    report = data.read_json(two / "pseudo" / "report.json")
+    report = read_json(two / "pseudo" / "report.json")
     assert report["processes"] == 2 and summary["processes"] == 1
     labels = ("utterances", "kept", "cer_threshold", "by_status", "teacher_cer", "audio_s")  # timings differ
     assert {k: report[k] for k in labels} == {k: summary[k] for k in labels}
-    assert data.read_json(one / "pseudo/encoder_cache/cache.json") == data.read_json(two / "pseudo/encoder_cache/cache.json")
+    assert read_json(one / "pseudo/encoder_cache/cache.json") == read_json(two / "pseudo/encoder_cache/cache.json")
     np.testing.assert_array_equal(np.load(one / "pseudo/encoder_cache/encoder_outputs.npy"),
                                   np.load(two / "pseudo/encoder_cache/encoder_outputs.npy"))
-    assert not (two / "pseudo" / "shards").exists(), "the prediction shards are removed after the merge"
 
 
 def distillation_run_dir(root, synthetic_run):
@@ -114,7 +129,7 @@ def distillation_run_dir(root, synthetic_run):
     pupil, maps = student.make_student(teacher, decoder_layers=1)
     student.save_student(pupil, run_dir / "student_init", maps)
     rows = pd.concat([result["train"], result["train"].head(2)], ignore_index=True)  # 8 = 2 steps of 4
-    data.save_manifests(run_dir / "pseudo", {"train": rows}, skipped=rows.head(0), report={})
+    save_manifests(run_dir / "pseudo", {"train": rows}, skipped=rows.head(0), report={})
     return run_dir
 
 
@@ -135,13 +150,13 @@ def test_two_processes_of_batch_2_distil_like_one_process_of_batch_4(tmp_path, s
     run_command("helpers.distill", two, {**DISTILL, "per_device_train_batch_size": 2}, processes=2)
 
     def curve(run_dir):
-        history = data.read_json(run_dir / "student_kd" / "history.json")
+        history = read_json(run_dir / "student_kd" / "history.json")
         return {r["step"]: (r["loss"], r["ce"], r["kl"]) for r in history if "loss" in r}
 
     single, double = curve(one), curve(two)
     assert sorted(single) == sorted(double) == [1, 2, 3, 4]
     np.testing.assert_allclose([double[s] for s in range(1, 5)], [single[s] for s in range(1, 5)], rtol=1e-4, atol=1e-5)
     assert single[4][0] < single[1][0]  # it did learn: the comparison is not between two flat lines
-    launched, alone = data.read_json(two / "student_kd" / "metrics.json"), data.read_json(one / "student_kd" / "metrics.json")
+    launched, alone = read_json(two / "student_kd" / "metrics.json"), read_json(one / "student_kd" / "metrics.json")
     assert launched["processes"] == 2 and alone["processes"] == 1 and launched["steps"] == alone["steps"] == 4
     assert (two / "student_kd" / "model.safetensors").exists()

@@ -1,12 +1,10 @@
-"""Pseudo-labelling: the CER filter, the guards against degenerate outputs, and the encoder cache."""
+"""Pseudo-labelling: the CER filter and the guards against degenerate outputs."""
 import copy
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from helpers import pseudo
+from helpers import encoder_cache, pseudo
 from helpers.models import LoadedWhisper, tiny_feature_extractor
 from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
 
@@ -65,53 +63,10 @@ def test_pseudo_label_transcribes_every_row_and_reports_throughput(synthetic_run
     assert sum(summary["by_status"].values()) == len(rows)
 
 
-def test_encoder_cache_round_trip_gives_the_teachers_encoder_outputs(synthetic_run, tmp_path):
-    _, result = synthetic_run
-    teacher = tiny_teacher()
-    rows = result["train"].head(3)
-    cache = pseudo.open_encoder_cache(pseudo.write_encoder_cache(teacher, rows, tmp_path, progress=False),
-                                      teacher, rows["audio"].tolist())
-    assert cache.dtype == np.float16 and isinstance(cache, np.memmap)
-    fe = teacher.feature_extractor
-    from helpers.collate import read_audio
-    feats = fe([read_audio(rows["audio"].iloc[1])], sampling_rate=16_000, return_tensors="pt").input_features
-    with torch.no_grad():
-        direct = teacher.model.model.encoder(feats).last_hidden_state[0].numpy()
-    np.testing.assert_allclose(cache[1].astype(np.float32), direct, atol=2e-3, rtol=2e-3)  # fp16 precision
-
-
-def test_encoder_cache_refuses_another_teacher(synthetic_run, tmp_path):
-    _, result = synthetic_run
-    teacher = tiny_teacher()
-    pseudo.write_encoder_cache(teacher, result["train"].head(2), tmp_path, progress=False)
-    other = tiny_teacher()
-    with torch.no_grad():
-        other.model.model.encoder.conv1.weight.add_(0.01)
-    with pytest.raises(ValueError, match="made by another teacher"):
-        pseudo.open_encoder_cache(tmp_path, other)
-
-
-def test_encoder_cache_refuses_other_feature_settings_and_other_rows(synthetic_run, tmp_path):
-    _, result = synthetic_run
-    teacher = tiny_teacher()
-    pseudo.write_encoder_cache(teacher, result["train"].head(2), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="holds other utterances"):
-        pseudo.open_encoder_cache(tmp_path, teacher, result["train"]["audio"].tolist()[::-1][:2])
-    teacher.processor.feature_extractor = tiny_feature_extractor(window_s=4)
-    with pytest.raises(ValueError, match="other feature settings"):
-        pseudo.open_encoder_cache(tmp_path, teacher)
-
-
-def test_missing_cache_says_which_notebook_makes_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="notebook 03"):
-        pseudo.open_encoder_cache(tmp_path, tiny_teacher())
-
-
 def test_pseudo_labels_cache_and_student_follow_the_checkpoint_shape_not_the_tiny_one(synthetic_run, tmp_path):
     # A checkpoint with Whisper's own 30 s window (1500 encoder frames) and 128 mel bins (large-v3 style):
     # everything must be read from the model and its processor.
     from helpers import models, student
-    from helpers.models import tiny_feature_extractor
 
     _, result = synthetic_run
     _, processor = build_tiny_whisper()
@@ -122,10 +77,11 @@ def test_pseudo_labels_cache_and_student_follow_the_checkpoint_shape_not_the_tin
     models.save_whisper(model, processor, tmp_path / "ckpt")
     teacher = models.load_whisper(tmp_path / "ckpt")
     rows = result["train"].head(2)
-    labelled, _ = pseudo.pseudo_label(teacher, rows, cer_threshold=100, batch_size=2, progress=False)
+    writer = encoder_cache.CacheWriter(teacher, rows, tmp_path / "cache")
+    labelled, _ = pseudo.pseudo_label(teacher, rows, cer_threshold=100, batch_size=2, progress=False,
+                                      on_encoded=writer.write)
     assert len(labelled) == 2
-    cache = pseudo.open_encoder_cache(pseudo.write_encoder_cache(teacher, rows, tmp_path / "cache", progress=False),
-                                      teacher)
+    cache, _ = encoder_cache.open_encoder_cache(writer.publish(), teacher)
     assert cache.shape == (2, 1500, 32)
     pupil, maps = student.make_student(teacher, decoder_layers=1)
     assert maps["decoder"] == [1] and pupil.feature_extractor.feature_size == 128

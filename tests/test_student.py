@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from helpers import models, student
+from helpers import models, plots, student
 from tests.fixtures import tiny_whisper  # noqa: F401  (a fixture)
 
 SHAPES = {"4+4": dict(encoder_layers=4, decoder_layers=4, d_model=64, heads=2, ffn=128, num_mel_bins=80),
@@ -242,7 +242,7 @@ def test_encoder_outputs_equal_restores_each_models_training_mode(teachers):
 
 
 def test_check_compatible_accepts_the_same_vocabulary(tokenizer):
-    student.check_compatible(tokenizer, copy.deepcopy(tokenizer))  # no error
+    models.check_compatible(tokenizer, copy.deepcopy(tokenizer))  # no error
 
 
 def test_check_compatible_rejects_another_vocabulary(tokenizer):
@@ -250,7 +250,7 @@ def test_check_compatible_rejects_another_vocabulary(tokenizer):
     texts = ["".join(rng.choice("abcdefghij ") for _ in range(30)) for _ in range(50)]
     other = models.build_tokenizer(texts, vocab_size=280)
     with pytest.raises(ValueError, match=r"differs from the teacher's in \d+ tokens .*needs a shared tokenizer"):
-        student.check_compatible(tokenizer, other)
+        models.check_compatible(tokenizer, other)
 
 
 # ---------------------------------------------------------------- make_student / save_student
@@ -321,10 +321,10 @@ def test_a_saved_student_reloads_with_load_whisper(teachers, tmp_path):
 
 
 def test_plot_layer_map_of_the_decoder_returns_a_figure_with_one_panel():
-    fig = student.plot_layer_map(12, [0, 11])
+    fig = plots.plot_layer_map(12, [0, 11])
     assert isinstance(fig, Figure) and len(fig.axes) == 1
 
 
 def test_plot_layer_map_with_the_encoder_draws_a_panel_for_each():
-    fig = student.plot_layer_map(32, [0, 31], 32, student.layer_map(32, 4))
+    fig = plots.plot_layer_map(32, [0, 31], 32, student.layer_map(32, 4))
     assert isinstance(fig, Figure) and len(fig.axes) == 2

@@ -1,4 +1,4 @@
-"""Fine-tuning: parameter checks, the history callback, a few real training steps, and resuming."""
+"""Fine-tuning: the history callback, a few real training steps, and resuming."""
 import copy
 import json
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from helpers import config, data, train
+from helpers import collate, config, train
 from helpers.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
 
@@ -23,21 +23,6 @@ def params(**overrides):
 def fresh_model():
     model, processor = build_tiny_whisper()
     return LoadedWhisper(copy.deepcopy(model), processor, "tiny-test")
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (dict(save_steps=3, eval_steps=2), "must be a multiple of eval_steps"),
-    (dict(fp16=True, bf16=True), "choose one"),
-    (dict(load_in_8bit=True, use_lora=False), "needs use_lora"),
-    (dict(max_steps=0), "max_steps must be positive"),
-])
-def test_contradicting_parameters_are_refused_before_training(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        train.check_params(params(**overrides))
-
-
-def test_sound_parameters_pass_the_check():
-    train.check_params(params())
 
 
 def test_live_history_writes_every_log_to_history_json_without_drawing_when_not_live(tmp_path):
@@ -66,7 +51,7 @@ def test_memory_budget_of_full_fine_tuning_is_16_bytes_per_parameter():
 
 def _datasets(synthetic_run, processor):
     _, result = synthetic_run
-    return data.to_dataset(result["train"], processor), data.to_dataset(result["test"], processor)
+    return collate.to_dataset(result["train"], processor), collate.to_dataset(result["test"], processor)
 
 
 def test_a_few_training_steps_change_the_weights_and_evaluate_cer(tmp_path, synthetic_run):

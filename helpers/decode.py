@@ -1,0 +1,198 @@
+"""Transcribing a manifest with a Whisper model: the one ``transcribe`` of the course, batched, timed, sharded.
+
+Every phase that turns audio into text calls :func:`transcribe`: scoring in notebooks 02, 05 and 06,
+pseudo-labelling in 03 (which also keeps the encoder outputs of the same pass for the cache), and the
+evaluation of notebook 07. Under a launcher each process transcribes one contiguous block of the manifest and
+every process gets all transcripts back in manifest order.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .audio import log_mel, read_row
+from .processes import gather_blocks, process_state, shard_bounds
+
+
+def default_device() -> tuple[torch.device, torch.dtype]:
+    """Where to decode: the first CUDA GPU in fp16 (how a student is deployed), else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda:0"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def quiet_generation():
+    """Silence transformers' per-call notes (assisted generation repeats one for every drafted chunk)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def rtfx(audio_seconds: float, compute_seconds: float) -> float:
+    """Inverse real-time factor: seconds of audio transcribed per second of compute (higher is faster)."""
+    if compute_seconds <= 0:
+        raise ValueError(f"compute time must be positive, got {compute_seconds}")
+    return audio_seconds / compute_seconds
+
+
+def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *, max_new_tokens: int | None = None,
+               progress: bool = True, desc: str = "transcribing", assistant_model=None, on_encoded=None,
+               shard: bool = True) -> tuple[list[str], dict]:
+    """Greedy transcripts of every row of ``manifest`` (in manifest order), batched by similar length.
+
+    Returns ``(predictions, stats)``. ``stats`` hold ``audio_s`` (seconds of audio), ``compute_s`` (wall
+    seconds), ``rtfx`` (audio seconds per compute second), ``encoder_s`` and ``decoder_s`` (the encoder
+    pass and the generation loop timed apart), ``decoder_steps`` (generation steps the batches ran: a batch
+    runs until its longest transcript ends), ``decoder_steps_per_s`` (steps per second of the generation
+    loop alone) and ``ms_per_step`` (wall ms per step, encoder included, which makes models comparable
+    when their transcripts differ in length).
+
+    ``on_encoded(rows, hidden)``, when given, receives the encoder outputs of every batch as they are made:
+    ``rows`` the batch's positions in ``manifest`` (a numpy array), ``hidden`` a ``batch x frames x width``
+    tensor. Notebook 03 writes them to its cache, so the encoder runs once per clip.
+
+    With ``assistant_model`` the model decodes speculatively (one utterance at a time, ``batch_size``
+    must be 1); the assistant's drafts are verified, so the transcripts are the model's own. The
+    encoder then runs inside ``generate`` and ``encoder_s`` is not separated (NaN).
+
+    Under a launcher (``shard``, several processes) each process transcribes one contiguous block
+    (:func:`processes.shard_bounds`) and all get every transcript back; ``compute_s`` is then the slowest
+    block's wall time.
+    """
+    if len(manifest) == 0:
+        raise ValueError("the manifest to transcribe has no rows")
+    if assistant_model is not None and batch_size != 1:
+        raise ValueError(f"speculative decoding runs one utterance at a time: batch_size must be 1, got {batch_size}")
+    state = process_state()
+    if not shard or state.num_processes == 1:
+        return _transcribe_block(model, processor, manifest, 0, batch_size, max_new_tokens, progress, desc,
+                                 assistant_model, on_encoded)
+    start, stop = shard_bounds(len(manifest), state.process_index, state.num_processes)
+    block = _transcribe_block(model, processor, manifest.iloc[start:stop], start, batch_size, max_new_tokens,
+                              progress and state.is_main_process, desc, assistant_model, on_encoded)
+    blocks = gather_blocks(block)  # one (predictions, stats) per process, in rank order
+    return [text for predictions, _ in blocks for text in predictions], merge_speed([s for _, s in blocks])
+
+
+@torch.no_grad()
+def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new_tokens, progress, desc,
+                      assistant_model, on_encoded):
+    from tqdm.auto import tqdm
+
+    fe = processor.feature_extractor
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    max_new_tokens = max_new_tokens or model.config.max_target_positions - 8
+    durations = manifest["duration"].to_numpy()
+    order = np.argsort(durations, kind="stable")[::-1]  # longest first: memory peaks early
+    records = manifest.to_dict("records")
+    predictions: list[str | None] = [None] * len(manifest)
+    steps, encoder_s, decoder_s, done_s = 0, 0.0, 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(manifest), desc=desc, unit="utt", disable=not progress)
+    with quiet_generation():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            feats = log_mel(fe, [read_row(records[i], fe.sampling_rate) for i in idx], device, dtype)
+            _sync(device)
+            t0 = time.perf_counter()
+            if assistant_model is None:
+                encoded = model.get_encoder()(feats)
+                _sync(device)
+                t1 = time.perf_counter()
+                out = model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens)
+            else:
+                t1, encoded = t0, None
+                out = model.generate(feats, assistant_model=assistant_model, max_new_tokens=max_new_tokens)
+            _sync(device)
+            t2 = time.perf_counter()
+            encoder_s, decoder_s = encoder_s + (t1 - t0), decoder_s + (t2 - t1)
+            steps += out.shape[1]
+            if on_encoded is not None and encoded is not None:
+                on_encoded(first_row + idx, encoded.last_hidden_state)
+            for i, pred in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                predictions[i] = pred.strip()
+            bar.update(len(idx))
+            done_s += float(durations[idx].sum())
+            bar.set_postfix(audio_s_per_s=f"{done_s / max(encoder_s + decoder_s, 1e-9):.1f}")
+    bar.close()
+    model.train(was_training)
+    compute_s = encoder_s + decoder_s
+    audio_s = float(durations.sum())
+    return predictions, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": rtfx(audio_s, max(compute_s, 1e-9)),
+                         "encoder_s": encoder_s if assistant_model is None else float("nan"),
+                         "decoder_s": decoder_s, "decoder_steps": steps,
+                         "decoder_steps_per_s": steps / max(decoder_s, 1e-9),
+                         "ms_per_step": 1000 * compute_s / max(steps, 1)}
+
+
+def merge_speed(shards: list[dict]) -> dict:
+    """One :func:`transcribe` stats dict from those of processes that ran side by side.
+
+    Seconds of audio or of work (``*_s``) and step counts add up, except ``compute_s``, the wall time of
+    the run, which is the slowest process's; the rates are worked out again from the merged totals
+    (``rtfx`` = audio_s / compute_s, ``ms_per_step`` and ``decoder_steps_per_s`` per process-second).
+    """
+    merged = {}
+    for key in shards[0]:
+        values = [s[key] for s in shards]
+        merged[key] = max(values) if key == "compute_s" else sum(values)
+    busy_s, steps = sum(s["compute_s"] for s in shards), merged.get("decoder_steps", 0)
+    merged["rtfx"] = merged["audio_s"] / max(merged["compute_s"], 1e-9)
+    if "ms_per_step" in merged:
+        merged["ms_per_step"] = 1000 * busy_s / max(steps, 1)
+    if "decoder_steps_per_s" in merged:
+        merged["decoder_steps_per_s"] = steps / max(merged.get("decoder_s", 0.0), 1e-9)
+    return merged
+
+
+def timed_transcribe(model, processor, manifest: pd.DataFrame, batch_size: int, rounds: int = 2, warmup: int = 4,
+                     max_new_tokens: int | None = None, assistant_model=None) -> tuple[list[str], dict]:
+    """:func:`transcribe` after ``warmup`` untimed utterances, ``rounds`` times; the fastest round counts
+    (the least disturbed by other work on the machine). Greedy decoding is deterministic, so every round
+    gives the same transcripts. One process (no sharding): timings compare models on the same work."""
+    kwargs = dict(max_new_tokens=max_new_tokens, progress=False, assistant_model=assistant_model, shard=False)
+    if warmup:
+        transcribe(model, processor, manifest.head(warmup), batch_size, **kwargs)
+    best = None
+    for _ in range(max(1, rounds)):
+        preds, stats = transcribe(model, processor, manifest, batch_size, **kwargs)
+        if best is None or stats["compute_s"] < best[1]["compute_s"]:
+            best = (preds, stats)
+    return best
+
+
+def compare_speed(models: dict, manifest: pd.DataFrame, batch_size: int = 16, rounds: int = 2,
+                  warmup: int = 4) -> pd.DataFrame:
+    """Decoding speed of several loaded models on the same clips, same batch size, same device, side by side.
+
+    The models take turns for ``rounds`` rounds over all clips, after ``warmup`` untimed clips each, and the
+    fastest round of each counts. ``models`` maps a name to a LoadedWhisper. Returns one row per model with
+    the stats of :func:`transcribe` and the transcripts of its fastest round (for scoring).
+    """
+    for loaded in models.values():
+        transcribe(loaded.model, loaded.processor, manifest.head(warmup), batch_size, progress=False, shard=False)
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, loaded in models.items():
+            preds, stats = transcribe(loaded.model, loaded.processor, manifest, batch_size, progress=False,
+                                      shard=False)
+            if name not in best or stats["compute_s"] < best[name]["compute_s"]:
+                best[name] = {**stats, "predictions": preds}
+    return pd.DataFrame.from_dict(best, orient="index")

@@ -1,0 +1,102 @@
+"""Files the course writes: JSON and text written atomically, and the layout of a run folder.
+
+Every phase writes inside one ``run_dir``; :class:`RunDir` names each folder and file there, so no other
+module spells ``"student_kd"`` or ``"metrics.json"`` itself. Writes go to a temporary file first and are then
+renamed over the target: a reader (or a resumed run) never sees half a file, even after a crash.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, content: str) -> Path:
+    """Write ``content`` (UTF-8 text) to ``path`` through a temporary file and a rename; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content, "utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON atomically (numpy numbers are written as floats)."""
+    return atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float))
+
+
+def read_json(path: str | Path, default=None):
+    """The JSON in ``path``, or ``default`` when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text("utf-8")) if path.exists() else default
+
+
+class RunDir:
+    """The folders and files of one course run, all inside ``root`` (a notebook's ``run_dir``).
+
+    ========================  =====================================================  ========
+    attribute                 what is there                                          written by
+    ========================  =====================================================  ========
+    ``data``                  manifests ``<split>.jsonl``, ``skipped.csv``, report   01
+    ``teacher``               fine-tuned teacher, ``metrics.json``, ``history.json``  02
+    ``pseudo``                pseudo-label manifests, ``report.json``                03
+    ``encoder_cache``         the teacher's encoder outputs (inside ``pseudo``)      03
+    ``student_init``          the student before distillation, ``layer_map.json``    04
+    ``student_kd``            the distilled student                                  05
+    ``student_adalora``       the AdaLoRA student (merged), ``adapter/``             06
+    ``eval``                  ``results.json``, ``results.csv``, ``predictions.csv``  07
+    ``export``                CTranslate2 exports                                    07
+    ``notebooks``             executed notebooks of ``python -m helpers.course``     course
+    ========================  =====================================================  ========
+    """
+
+    STAGES = ("teacher", "student_init", "student_kd", "student_adalora")  # folders that hold a model
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    data = property(lambda self: self.root / "data")
+    teacher = property(lambda self: self.root / "teacher")
+    pseudo = property(lambda self: self.root / "pseudo")
+    encoder_cache = property(lambda self: self.root / "pseudo" / "encoder_cache")
+    student_init = property(lambda self: self.root / "student_init")
+    student_kd = property(lambda self: self.root / "student_kd")
+    student_adalora = property(lambda self: self.root / "student_adalora")
+    eval = property(lambda self: self.root / "eval")
+    export = property(lambda self: self.root / "export")
+    notebooks = property(lambda self: self.root / "notebooks")
+
+    def manifest(self, split: str) -> Path:
+        """Notebook 01's manifest of ``split`` (train, valid, test, unlabelled)."""
+        return self.data / f"{split}.jsonl"
+
+    def pseudo_manifest(self, name: str = "train") -> Path:
+        """Notebook 03's manifests: ``train`` (kept pseudo-labels) or ``all`` (every row with its status)."""
+        return self.pseudo / f"{name}.jsonl"
+
+    def metrics(self, stage: str) -> Path:
+        """``metrics.json`` of a stage folder (``teacher``, ``student_kd``...)."""
+        return getattr(self, stage) / "metrics.json"
+
+    def history(self, stage: str) -> Path:
+        """``history.json`` (the training curve) of a stage folder."""
+        return getattr(self, stage) / "history.json"
+
+    @property
+    def data_report(self) -> Path:
+        return self.data / "report.json"
+
+    @property
+    def pseudo_report(self) -> Path:
+        return self.pseudo / "report.json"
+
+    @property
+    def results(self) -> Path:
+        """Notebook 07's ``results.json``."""
+        return self.eval / "results.json"
