@@ -90,13 +90,17 @@ def main(argv=None):
     step, losses = 0, []
     while step < args.max_steps and progress(step) < 1.0:
         for idx in torch.randperm(len(train_rows), generator=gen).split(args.batch_size):
-            batch = collate([{"input_features": train_mels[i].float(), "labels": train_labels[i]} for i in idx.tolist()])
+            batch = collate([{"input_features": train_mels[i].float(), "labels": train_labels[i]}
+                             for i in idx.tolist()])
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step(); sched.step(); optim.zero_grad(set_to_none=True)
-            losses.append(loss.item()); step += 1
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
             if step % 100 == 0:
                 print(f"step {step} loss {np.mean(losses[-100:]):.3f} lr {sched.get_last_lr()[0]:.2e} "
                       f"{(time.time() - train_start) / step:.3f} s/step", flush=True)
@@ -117,9 +121,11 @@ def main(argv=None):
         "voices": PRETRAIN_VOICES, "noise": "none (clean speech)", "window_s": fe.chunk_length,
         "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "vocab_size": len(tokenizer), "steps": step, "train_seconds": round(train_s, 1),
-        "seconds_per_step": round(train_s / max(step, 1), 3), "final_train_loss": round(float(np.mean(losses[-100:])), 4),
+        "seconds_per_step": round(train_s / max(step, 1), 3),
+        "final_train_loss": round(float(np.mean(losses[-100:])), 4),
         "pretrain_test_cer": round(text.cer(refs, preds), 2),
-        "pretrain_test_exact_match": round(100 * np.mean([text.normalize(a) == text.normalize(b) for a, b in zip(refs, preds)]), 1),
+        "pretrain_test_exact_match": round(
+            100 * np.mean([text.normalize(a) == text.normalize(b) for a, b in zip(refs, preds)]), 1),
         "examples": [{"reference": r, "prediction": p} for r, p in list(zip(refs, preds))[:5]],
         "torch": torch.__version__, "total_seconds": round(time.time() - started, 1),
     }

@@ -17,7 +17,7 @@ models decode exactly ``--new-tokens`` tokens after the 4-token prompt):
 Each measurement runs once untimed, then ``--repeats`` times; the fastest counts. The published figure for
 whisper-small 12+12 -> 12+2 is 2.89x end to end (GPU, batch 64).
 
-    python bench/decode_speed.py                                  # whisper-small, batches 1 and 8 (CPU) / 1 and 64 (GPU)
+    python bench/decode_speed.py                          # whisper-small, batches 1 and 8 (CPU) / 1 and 64 (GPU)
     python bench/decode_speed.py --shapes whisper-small breeze-asr-25 --batch-sizes 1 64 --new-tokens 128
 
 Results go to bench/results/decode_speed_<device>_<shapes>.json.
@@ -114,8 +114,8 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, d
         feats = torch.randn(batch, cfg.num_mel_bins, 2 * cfg.max_source_positions, device=device, dtype=dtype)
         with torch.no_grad():
             encoded = BaseModelOutput(last_hidden_state=teacher.model.encoder(feats).last_hidden_state)
-        enc_s = fastest(lambda: teacher.model.encoder(feats), repeats, device)  # the same encoder in both models
-        dec = {name: fastest(lambda m=m: greedy(m, encoded, batch, new_tokens), repeats, device)
+        enc_s = fastest(lambda f=feats: teacher.model.encoder(f), repeats, device)  # the same encoder in both models
+        dec = {name: fastest(lambda m=m, e=encoded, b=batch: greedy(m, e, b, new_tokens), repeats, device)
                for name, m in (("teacher", teacher), ("student", small))}
         row = {"shape": shape, "batch": batch, "new_tokens": new_tokens, "encoder_s": enc_s,
                "teacher_decoder_s": dec["teacher"], "student_decoder_s": dec["student"],
@@ -151,8 +151,7 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, d
             print(f"{shape} speculative, {case}: {spec[case]['speed_up_end_to_end']:.2f}x end to end, "
                   f"same tokens as the teacher alone: {spec[case]['same_tokens']}", flush=True)
         rows.append({"shape": shape, "batch": 1, "new_tokens": new_tokens, "speculative": spec})
-    del teacher, small
-    return rows
+    return rows  # the models are freed here, before the next shape is built
 
 
 def main(argv=None) -> int:

@@ -90,7 +90,8 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", nargs="+", default=["tiny", "whisper-small"], choices=["tiny", "whisper-small", "breeze-asr-25"])
+    ap.add_argument("--shapes", nargs="+", default=["tiny", "whisper-small"],
+                    choices=["tiny", "whisper-small", "breeze-asr-25"])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label-len", type=int, default=32, help="label tokens per utterance")
@@ -99,8 +100,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"Distillation step time by encoder mode, batch {args.batch}, on {device_name}; fastest of {args.rounds} rounds\n")
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else cpu
+    print(f"Distillation step time by encoder mode, batch {args.batch}, on {device_name}; "
+          f"fastest of {args.rounds} rounds\n")
     results = {}
     for shape in args.shapes:
         best = time_steps(shape, args.batch, args.rounds, args.label_len, device)

@@ -114,7 +114,8 @@ def main(argv=None):
     device = torch.cuda.get_device_name()
     rows = []
     print(f"{args.shape}, batch {args.batch} x 30 s, {args.label_len} label tokens, on {device}")
-    print(f"{'recipe':<16}{'precision':<10}{'peak GiB':>10}{'step s':>9}{'trainable M':>13}  fits {args.budget_gib:g} GB?")
+    print(f"{'recipe':<16}{'precision':<10}{'peak GiB':>10}{'step s':>9}{'trainable M':>13}  "
+          f"fits {args.budget_gib:g} GB?")
     for precision in args.precisions:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         for recipe in args.recipes:
@@ -129,7 +130,8 @@ def main(argv=None):
                       f"{'yes' if fits else 'no'}")
     out = Path(__file__).parent / "results" / "finetune_memory.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows}, indent=2))
+    results = {"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows}
+    out.write_text(json.dumps(results, indent=2))
     return 0
 
 

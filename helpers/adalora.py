@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from transformers import TrainerCallback
 from . import config, models, train
 from .collate import to_dataset
 from .decode import transcribe
-from .files import RunDir, write_json
+from .files import RunDir, shown, write_json
 from .manifest import load_manifest
 from .text import score
 
@@ -58,7 +59,7 @@ def add_adalora(model, p, target_modules=TARGET_MODULES):
     ``total_step`` is the optimizer-step count (``p.max_steps``); task type None, because the seq2seq
     task type would pass ``input_ids`` to Whisper, which takes ``input_features``.
     """
-    from peft import AdaLoraConfig, get_peft_model
+    from peft import AdaLoraConfig
 
     check_schedule(p.init_r, p.target_r, p.tinit, p.tfinal, p.deltaT, p.max_steps)
     pattern = target_pattern(p.adapt, target_modules)
@@ -70,7 +71,7 @@ def add_adalora(model, p, target_modules=TARGET_MODULES):
     config = AdaLoraConfig(init_r=p.init_r, target_r=p.target_r, tinit=p.tinit, tfinal=p.tfinal, deltaT=p.deltaT,
                            total_step=p.max_steps, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                            target_modules=pattern, task_type=None)
-    return get_peft_model(model, config)
+    return train.add_adapters(model, config)
 
 
 def current_ranks(peft_model) -> pd.DataFrame:
@@ -88,7 +89,8 @@ def ranks_table(ranks: dict[str, int]) -> pd.DataFrame:
     for module, rank in ranks.items():
         match = re.search(r"(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)?\.?(\w+)$", module)
         part, layer, attn, leaf = match.groups()
-        matrix = leaf if attn is None else f"{'cross' if attn == 'encoder_attn' else 'self'} {leaf.replace('_proj', '')}"
+        kind = "cross" if attn == "encoder_attn" else "self"
+        matrix = leaf if attn is None else f"{kind} {leaf.replace('_proj', '')}"
         rows.append({"module": module, "part": part, "layer": int(layer), "matrix": matrix, "rank": int(rank)})
     return pd.DataFrame(rows, columns=["module", "part", "layer", "matrix", "rank"])
 
@@ -129,12 +131,21 @@ class RankAllocatorCallback(TrainerCallback):
             self.budget.append({"step": step, "total_rank": int(current_ranks(self.peft_model)["rank"].sum())})
 
 
+@contextmanager
+def pruned_ranks_saved():
+    """Saving AdaLoRA adapters whose matrices were pruned to rank 0: peft then warns that zero-sized LoRA tensors
+    mean DeepSpeed/FSDP shards were not gathered. Here they are empty on purpose (the allocator pruned them), so
+    that one warning is silenced while saving; any other still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
+        yield
+
+
 def merge_and_save(peft_model, processor, out_dir: str | Path) -> tuple[object, Path]:
     """Save the adapter alone to ``out_dir/adapter`` and the merged plain Whisper model (processor and
     generation config included) to ``out_dir``; returns the merged model and the folder."""
     out_dir = Path(out_dir)
-    with warnings.catch_warnings():  # matrices pruned to rank 0 are saved empty, which peft mistakes for unsharded
-        warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
+    with pruned_ranks_saved():
         peft_model.save_pretrained(out_dir / "adapter")
     merged = peft_model.merge_and_unload()
     models.save_whisper(merged, processor, out_dir)
@@ -155,7 +166,7 @@ def run_phase(p) -> dict | None:
     trainable, total = peft_model.get_nb_trainable_parameters()
     refs = test_rows["text"].tolist()
     before = score(refs, transcribe(student.model, student.processor, test_rows, p.per_device_eval_batch_size,
-                                    desc="student before AdaLoRA")[0])
+                                    desc="student before AdaLoRA", progress=p.live_plot)[0])
     out_dir = run.student_adalora
     out_dir.mkdir(parents=True, exist_ok=True)
     allocator = RankAllocatorCallback(peft_model)
@@ -164,16 +175,15 @@ def run_phase(p) -> dict | None:
     trainer = train.build_trainer(p, loaded, to_dataset(train_rows, loaded.processor),
                                   to_dataset(test_rows, loaded.processor), out_dir, [allocator, history],
                                   keep_best=False)
-    with warnings.catch_warnings():  # checkpoints hold matrices pruned to rank 0, which peft mistakes for unsharded
-        warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
+    with pruned_ranks_saved():  # the Trainer's checkpoints save the adapters too
         train.run_training(trainer, history, out_dir, p.resume)
     ranks = current_ranks(peft_model)
     adapter_predictions, _ = transcribe(peft_model, loaded.processor, test_rows, p.per_device_eval_batch_size,
-                                        desc="adapter model")
+                                        desc="adapter model", progress=p.live_plot)
     main = trainer.is_world_process_zero()
     merged = merge_and_save(peft_model, loaded.processor, out_dir)[0] if main else peft_model.merge_and_unload()
     merged_predictions, _ = transcribe(merged, loaded.processor, test_rows, p.per_device_eval_batch_size,
-                                       desc="merged model")
+                                       desc="merged model", progress=p.live_plot)
     if not main:
         return None
     after, merged_scores = score(refs, adapter_predictions), score(refs, merged_predictions)
@@ -185,7 +195,7 @@ def run_phase(p) -> dict | None:
     write_json(run.metrics("student_adalora"), metrics)
     write_json(out_dir / "rank_budget.json", allocator.budget)
     print(f"AdaLoRA student: test CER {before['cer']:.1f}% -> {merged_scores['cer']:.1f}% merged "
-          f"({metrics['processes']} process(es)) -> {out_dir}")
+          f"({metrics['processes']} process(es)) -> {shown(out_dir)}")
     return metrics
 
 

@@ -52,12 +52,15 @@ def read_row(row: dict, sampling_rate: int = 16_000) -> np.ndarray:
 
 
 def log_mel(feature_extractor, audio: list[np.ndarray], device: str | torch.device = "cpu",
-            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            dtype: torch.dtype = torch.float32, with_mask: bool = False):
     """Whisper's log-mel features of a batch of waveforms (at the extractor's rate), padded or cut to its
-    window: a tensor of ``batch x mel bins x frames`` on ``device`` in ``dtype``."""
+    window: a tensor of ``batch x mel bins x frames`` on ``device`` in ``dtype``. With ``with_mask``, returns
+    ``(features, attention_mask)``, the mask (``batch x frames``, 1 where there is audio, 0 on padding) for
+    ``generate``; Whisper's encoder reads the padded window whatever the mask says."""
     fe = feature_extractor
-    features = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features
-    return features.to(device, dtype)
+    out = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt", return_attention_mask=with_mask)
+    features = out.input_features.to(device, dtype)
+    return (features, out.attention_mask.to(device)) if with_mask else features
 
 
 def duration_of(path: str | Path) -> float:

@@ -14,8 +14,8 @@ class FeatureTransform:
     """For ``Dataset.with_transform``: reads each row's audio and makes log-mel features and labels on the fly.
 
     Batches hold ``audio`` (path), ``text`` and, for pieces of long recordings, ``offset`` and ``duration``
-    (seconds); the output holds ``input_features`` (mel bins x frames) and ``labels`` (token ids with the
-    language/task prefix, ending with end-of-text).
+    (seconds); the output holds ``input_features`` (mel bins x frames), their ``attention_mask`` (frames) and
+    ``labels`` (token ids with the language/task prefix, ending with end-of-text).
     """
 
     def __init__(self, processor):
@@ -25,8 +25,8 @@ class FeatureTransform:
         fe = self.processor.feature_extractor
         keys = [k for k in ("audio", "offset", "duration") if k in batch]
         rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
-        features = log_mel(fe, [read_row(r, fe.sampling_rate) for r in rows])
-        out = {"input_features": list(features.numpy())}
+        features, mask = log_mel(fe, [read_row(r, fe.sampling_rate) for r in rows], with_mask=True)
+        out = {"input_features": list(features.numpy()), "attention_mask": list(mask.numpy())}
         if "text" in batch:
             out["labels"] = self.processor.tokenizer(list(batch["text"])).input_ids
         return out
@@ -53,6 +53,8 @@ class WhisperCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = {"input_features": torch.as_tensor(np.stack([np.asarray(f["input_features"]) for f in features]))}
+        if "attention_mask" in features[0]:  # generate() wants one with batched input (evaluation)
+            batch["attention_mask"] = torch.as_tensor(np.stack([np.asarray(f["attention_mask"]) for f in features]))
         if "labels" in features[0]:
             batch["labels"] = pad_labels([f["labels"] for f in features], self.decoder_start_token_id)
         return batch

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import config
-from .files import RunDir, read_json
+from .files import RunDir, read_json, shown
 
 NOTEBOOKS_DIR = config.REPO / "notebooks"
 
@@ -53,21 +53,23 @@ def check_all(selected: list[Path], params: dict) -> Path:
 
 
 def current_kernel() -> str:
-    """The name of a Jupyter kernel that runs this very Python (``breeze-workbook-current``), written to a
-    temporary folder put first on ``JUPYTER_PATH``: notebooks then run with the packages of the environment
-    the course was started from, whatever kernels the user has installed."""
-    name = "breeze-workbook-current"
+    """Make the notebooks' kernel, ``python3``, run this very Python, and return that name.
+
+    The kernel spec is written to a temporary folder put first on ``JUPYTER_PATH`` (for this process and the
+    ones it starts): papermill and JupyterLab then run the notebooks with the packages of the environment the
+    course was started from, whatever kernels the user has installed elsewhere.
+    """
     tag = hashlib.sha1(sys.executable.encode()).hexdigest()[:10]
     folder = Path(tempfile.gettempdir()) / f"breeze-workbook-kernels-{tag}"
-    spec = folder / "kernels" / name
+    spec = folder / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python (breeze workbook)", "language": "python"}), "utf-8")
+        "display_name": "Python 3 (ipykernel)", "language": "python"}), "utf-8")
     paths = os.environ.get("JUPYTER_PATH", "")
     if str(folder) not in paths.split(os.pathsep):
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder), paths]))
-    return name
+    return "python3"
 
 
 def key_figures(run_dir: Path) -> list[str]:
@@ -81,7 +83,8 @@ def key_figures(run_dir: Path) -> list[str]:
     if (m := read_json(run.metrics("teacher"))):
         lines.append(f"teacher: test CER {m['cer_before']:.1f}% before fine-tuning -> {m['cer_after']:.1f}% after")
     if (m := read_json(run.pseudo_report)):
-        lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept (CER <= {m['cer_threshold']:g}%)")
+        lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept "
+                     f"(CER <= {m['cer_threshold']:g}%)")
     if (m := read_json(run.metrics("student_init"))):
         lines.append(f"student: decoder layers {m['layer_map']['decoder']} of the teacher's "
                      f"{m['layer_map']['decoder'][-1] + 1}")
@@ -123,10 +126,39 @@ def run(selected: list[Path], params: dict, out_dir: Path, kernel: str | None = 
                                        request_save_on_cell_execute=True)
         except papermill.PapermillExecutionError as err:
             overall.close()
-            raise SystemExit(f"\n{nb.name} failed in cell {err.cell_index} ({err.exec_count and f'[{err.exec_count}]'}): "
-                             f"{err.ename}: {err.evalue}\nThe executed notebook with the traceback: {out_dir / nb.name}")
+            cell = f"[{err.exec_count}]" if err.exec_count else "not run"
+            raise SystemExit(f"\n{nb.name} failed in cell {err.cell_index} ({cell}): {err.ename}: {err.evalue}\n"
+                             f"The executed notebook with the traceback: {out_dir / nb.name}") from None
         timings.append((nb.stem, time.time() - started))
     return timings
+
+
+def save_outputs(executed: list[Path], into: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Write executed notebooks back as the course's notebooks (the outputs nbval compares against): the cell
+    papermill injected with the run's parameters is left out, so the saved notebook is the original with its
+    outputs, and the execution counts are renumbered from 1."""
+    import nbformat
+
+    saved = []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        count = 0
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                count += 1
+                cell.execution_count = count
+                for output in cell.outputs:
+                    if "execution_count" in output:
+                        output["execution_count"] = count
+        for key in ("papermill", "widgets"):
+            nb.metadata.pop(key, None)
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, into / path.name)
+        saved.append(into / path.name)
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", help="first notebook to run, e.g. 03")
     ap.add_argument("--to", dest="stop", help="last notebook to run, e.g. 05")
     ap.add_argument("--kernel", help="Jupyter kernel name (default: one that runs this Python)")
+    ap.add_argument("--save-outputs", action="store_true",
+                    help="write the executed notebooks back into notebooks/ (the outputs nbval compares against)")
     args = ap.parse_args(argv)
     try:
         selected = select(notebooks(), args.start, args.stop)
@@ -157,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'total':<24} {sum(s for _, s in timings):7.1f} s")
     for line in key_figures(run_dir):
         print("  " + line)
+    if args.save_outputs:
+        saved = save_outputs([RunDir(run_dir).notebooks / nb.name for nb in selected])
+        print(f"  outputs saved into {', '.join(shown(p) for p in saved)}")
     return 0
 
 

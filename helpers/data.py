@@ -15,7 +15,7 @@ import soundfile as sf
 
 from . import config, synth
 from .audio import read_audio
-from .files import RunDir
+from .files import RunDir, shown
 from .manifest import UNLABELLED, check_rows, holdout_split, read_csv, save_manifests, take
 
 
@@ -63,13 +63,14 @@ def load_hub(dataset: str, config: str | None, split: str, audio_column: str, te
 
 
 def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int = 0,
-                   num_unlabelled: int = 0) -> pd.DataFrame:
+                   num_unlabelled: int = 0, progress: bool = True) -> pd.DataFrame:
     """The offline synthetic corpus (see :mod:`helpers.synth`), made once in ``out_dir`` and reused.
 
     The ``unlabelled`` split (``num_unlabelled`` clips of the training speakers) comes without transcripts:
     its ``text`` is emptied here, so no later step can learn from the sentences that were spoken.
     """
-    manifest = synth.write_corpus(out_dir, synth.default_splits(num_train, num_test, seed, num_unlabelled), seed=seed)
+    splits = synth.default_splits(num_train, num_test, seed, num_unlabelled)
+    manifest = synth.write_corpus(out_dir, splits, seed=seed, progress=progress)
     rows = pd.read_json(manifest, lines=True, dtype={"snr_db": float, "text": str})
     rows.loc[rows["split"] == "unlabelled", "text"] = ""
     rows["audio"] = [str((Path(out_dir) / a).resolve()) for a in rows["audio"]]
@@ -89,7 +90,8 @@ def prepare(p) -> dict:
     repo_path = config.repo_path
     data_dir = RunDir(p.run_dir).data
     if p.source == "synthetic":
-        rows = load_synthetic(Path(p.run_dir) / "corpus", p.num_train, p.num_test, p.seed, p.num_unlabelled or 0)
+        rows = load_synthetic(Path(p.run_dir) / "corpus", p.num_train, p.num_test, p.seed, p.num_unlabelled or 0,
+                              progress=p.live_plot)
     elif p.source == "csv":
         if not p.train_csv:
             raise ValueError("source='csv' needs train_csv (a CSV with columns "
@@ -158,7 +160,7 @@ def write_messy_csv(folder: str | Path, good_clips: pd.DataFrame, encoding: str 
     (folder / "audio" / "not_audio.wav").write_text("this is not a wav file", "utf-8")
     long_clip = np.concatenate([read_audio(a) for a in good_clips["audio"]] * 3)
     sf.write(folder / "audio" / "long.wav", long_clip, 16_000)
-    lines += [("audio/missing.wav", "這個檔案不存在"), (f"audio/good0.wav", ""), ("audio/empty.wav", "沒有聲音"),
+    lines += [("audio/missing.wav", "這個檔案不存在"), ("audio/good0.wav", ""), ("audio/empty.wav", "沒有聲音"),
               ("audio/not_audio.wav", "不是音檔"), ("audio/long.wav", "太長的錄音")]
     csv = folder / "messy.csv"
     pd.DataFrame(lines, columns=["file", "中文意譯"]).to_csv(csv, index=False, encoding=encoding)
@@ -170,7 +172,7 @@ def run_phase(p) -> dict:
     result = prepare(p)
     s = result["report"]["splits"]
     print("data: " + ", ".join(f"{n} {v['utterances']}" for n, v in s.items())
-          + f" utterances; {len(result['skipped'])} rows skipped -> {RunDir(p.run_dir).data}")
+          + f" utterances; {len(result['skipped'])} rows skipped -> {shown(RunDir(p.run_dir).data)}")
     return result["report"]
 
 

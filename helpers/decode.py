@@ -109,17 +109,19 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
     with quiet_generation():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            feats = log_mel(fe, [read_row(records[i], fe.sampling_rate) for i in idx], device, dtype)
+            feats, mask = log_mel(fe, [read_row(records[i], fe.sampling_rate) for i in idx], device, dtype,
+                                  with_mask=True)
             _sync(device)
             t0 = time.perf_counter()
             if assistant_model is None:
                 encoded = model.get_encoder()(feats)
                 _sync(device)
                 t1 = time.perf_counter()
-                out = model.generate(encoder_outputs=encoded, max_new_tokens=max_new_tokens)
+                out = model.generate(encoder_outputs=encoded, attention_mask=mask, max_new_tokens=max_new_tokens)
             else:
                 t1, encoded = t0, None
-                out = model.generate(feats, assistant_model=assistant_model, max_new_tokens=max_new_tokens)
+                out = model.generate(feats, attention_mask=mask, assistant_model=assistant_model,
+                                     max_new_tokens=max_new_tokens)
             _sync(device)
             t2 = time.perf_counter()
             encoder_s, decoder_s = encoder_s + (t1 - t0), decoder_s + (t2 - t1)

@@ -15,14 +15,13 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Seq2SeqTrainer
 from transformers.modeling_outputs import BaseModelOutput
 
 from . import config, models, train
 from .collate import WhisperCollator, pad_labels, to_dataset
 from .decode import transcribe
 from .encoder_cache import open_encoder_cache
-from .files import RunDir, write_json
+from .files import RunDir, shown, write_json
 from .manifest import load_manifest
 from .text import score
 
@@ -82,8 +81,8 @@ class CachedCollator:
                 "labels": pad_labels([f["labels"] for f in features], self.label_collator.decoder_start_token_id)}
 
 
-class DistillTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose loss is :func:`kd_loss` against a frozen teacher; logs ``ce`` and ``kl`` apart.
+class DistillTrainer(train.WhisperTrainer):
+    """``train.WhisperTrainer`` whose loss is :func:`kd_loss` against a frozen teacher; logs ``ce`` and ``kl`` apart.
 
     The loss of an optimizer step is the mean over all its label tokens, whichever process and accumulated
     batch they sit in (the Trainer's ``num_items_in_batch``): N processes with B utterances each train and
@@ -116,12 +115,14 @@ class DistillTrainer(Seq2SeqTrainer):
                 hidden = inputs["encoder_outputs"].to(self.teacher.dtype)
             else:
                 with torch.no_grad():
-                    hidden = self.teacher.model.encoder(inputs["input_features"].to(self.teacher.dtype)).last_hidden_state
+                    features = inputs["input_features"].to(self.teacher.dtype)
+                    hidden = self.teacher.model.encoder(features).last_hidden_state
             encoded = BaseModelOutput(last_hidden_state=hidden)
             student_out = model(encoder_outputs=encoded, labels=labels)
             with torch.no_grad():
                 teacher_logits = self.teacher(encoder_outputs=encoded, labels=labels).logits
-        loss, ce, kl = kd_loss(student_out.logits, teacher_logits, labels, self.ce_weight, self.kl_weight, self.temperature)
+        loss, ce, kl = kd_loss(student_out.logits, teacher_logits, labels, self.ce_weight, self.kl_weight,
+                               self.temperature)
         tokens = int((labels != -100).sum())
         self._parts += torch.tensor([ce.item() * tokens, kl.item() * tokens, tokens], dtype=torch.float64)
         if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
@@ -161,7 +162,8 @@ def distil(p, teacher, student, pseudo_rows, eval_rows, out_dir, cache_dir=None,
         cache, index = open_encoder_cache(cache_dir, teacher, pseudo_rows)
         labels = student.tokenizer(pseudo_rows["text"].tolist()).input_ids
         train_ds = datasets.Dataset.from_dict({"cache_index": index, "labels": labels})
-        collator = CachedCollator(cache, WhisperCollator(student.processor, student.model.config.decoder_start_token_id))
+        start = student.model.config.decoder_start_token_id
+        collator = CachedCollator(cache, WhisperCollator(student.processor, start))
     else:
         train_ds = to_dataset(pseudo_rows, student.processor)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,7 @@ def run_phase(p) -> dict | None:
     results = {}
     for name, loaded in (("teacher", teacher), ("student after KD", student)):
         predictions, speed = transcribe(loaded.model, loaded.processor, test_rows, p.per_device_eval_batch_size,
-                                        desc=name)
+                                        desc=name, progress=p.live_plot)
         results[name] = {**score(test_rows["text"].tolist(), predictions), "RTFx": speed["rtfx"]}
     if not trainer.is_world_process_zero():
         return None
@@ -200,7 +202,8 @@ def run_phase(p) -> dict | None:
                "processes": trainer.accelerator.num_processes, **results}
     write_json(run.metrics("student_kd"), metrics)
     print(f"distilled student ({mode} encoder, {metrics['processes']} process(es)): test CER "
-          f"{results['student after KD']['cer']:.1f}% (teacher {results['teacher']['cer']:.1f}%) -> {run.student_kd}")
+          f"{results['student after KD']['cer']:.1f}% (teacher {results['teacher']['cer']:.1f}%) "
+          f"-> {shown(run.student_kd)}")
     return metrics
 
 

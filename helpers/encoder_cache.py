@@ -95,7 +95,8 @@ def open_encoder_cache(cache_dir: str | Path, teacher, rows: pd.DataFrame | None
     settings or the rows do not match, ``FileNotFoundError`` when there is no cache."""
     cache_dir = Path(cache_dir)
     if not (cache_dir / META).exists():
-        raise FileNotFoundError(f"{cache_dir} holds no encoder cache: run notebook 03 with cache_encoder_outputs = True")
+        raise FileNotFoundError(f"{cache_dir} holds no encoder cache: run notebook 03 with "
+                                "cache_encoder_outputs = True")
     meta = json.loads((cache_dir / META).read_text("utf-8"))
     if meta["teacher_fingerprint"] != encoder_fingerprint(teacher.model):
         raise ValueError(f"the encoder cache in {cache_dir} was made by another teacher (encoder fingerprint "

@@ -20,8 +20,8 @@ from .config import REPO, repo_path
 from .decode import default_device, timed_transcribe
 from .files import RunDir, atomic_write, read_json, write_json
 from .manifest import check_rows, read_csv
+from .memory import PeakMemory
 from .models import count_parameters, load_whisper
-from .peak import PeakMemory
 
 # The stages the course writes into run_dir, in order: (name, RunDir folder). The base teacher's folder or hub
 # id is read from the fine-tuned teacher's metrics (notebook 02 records it).
@@ -139,8 +139,8 @@ def evaluate_models(model_paths: dict[str, str], test_sets: dict[str, pd.DataFra
     """Accuracy, speed, size and memory of every model on every test set, measured in one run.
 
     Models are loaded one at a time (so large ones need not fit together), each decodes every test set
-    with the same ``batch_size`` on the same ``device`` (default: :func:`default_device`): ``warmup`` untimed utterances, then ``rounds``
-    timed passes, the fastest of which counts. Returns ``(results, predictions)``:
+    with the same ``batch_size`` on the same ``device`` (default: ``decode.default_device``): ``warmup`` untimed
+    utterances, then ``rounds`` timed passes, the fastest of which counts. Returns ``(results, predictions)``:
 
     * ``results``: one row per (test set, model): status (``ok`` or the error), params, layers, size,
       CER/WER/MER/exact match in percent, RTFx, ``speed_up`` (RTFx over the ``reference`` model's, by
@@ -279,10 +279,11 @@ def conclusion(results: pd.DataFrame, test_set: str, teacher: str | None = None,
     gap = s["cer"] - t["cer"]
     verdict = ("as accurate as" if abs(gap) < 0.5 else
                f"{gap:.1f} points less accurate than" if gap > 0 else f"{-gap:.1f} points more accurate than")
-    return (f"On {test_set}, the {student} has {s['params_M']:.1f}M parameters, {100 * s['params_M'] / t['params_M']:.0f}% "
+    share, step_ratio = 100 * s["params_M"] / t["params_M"], s["decoder_steps_per_s"] / t["decoder_steps_per_s"]
+    return (f"On {test_set}, the {student} has {s['params_M']:.1f}M parameters, {share:.0f}% "
             f"of the {teacher}'s {t['params_M']:.1f}M ({s['decoder_layers']} decoder layers instead of "
             f"{t['decoder_layers']}). It transcribes at {s['rtfx']:.0f}x real time against {t['rtfx']:.0f}x, a "
-            f"{s['rtfx'] / t['rtfx']:.2f}x speed-up end to end ({s['decoder_steps_per_s'] / t['decoder_steps_per_s']:.2f}x "
+            f"{s['rtfx'] / t['rtfx']:.2f}x speed-up end to end ({step_ratio:.2f}x "
             f"per decoder step), and it is {verdict} the {teacher} (CER {s['cer']:.1f}% vs {t['cer']:.1f}%). "
             f"The encoder, which both run in full, takes {100 * t['encoder_s'] / t['compute_s']:.0f}% of the "
             f"{teacher}'s compute here: a shorter decoder can only save on the rest.")

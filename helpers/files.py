@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import REPO
+
 
 def atomic_write(path: str | Path, content: str) -> Path:
     """Write ``content`` (UTF-8 text) to ``path`` through a temporary file and a rename; returns the path."""
@@ -29,6 +31,16 @@ def read_json(path: str | Path, default=None):
     """The JSON in ``path``, or ``default`` when the file does not exist."""
     path = Path(path)
     return json.loads(path.read_text("utf-8")) if path.exists() else default
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as a message shows it: relative to the repository when inside it (``runs/tiny/teacher``), so
+    that what a notebook prints does not depend on where the repository lives."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
 
 
 class RunDir:

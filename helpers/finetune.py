@@ -13,7 +13,7 @@ import pandas as pd
 from . import config, models, train
 from .collate import to_dataset
 from .decode import transcribe
-from .files import RunDir
+from .files import RunDir, shown
 from .manifest import load_manifest
 from .text import score
 
@@ -30,14 +30,14 @@ def run_phase(p) -> dict | None:
     teacher = models.load_whisper(p.base_model, language=p.language, task=p.task)
     refs = test_rows["text"].tolist()
     before_predictions, _ = transcribe(teacher.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
-                                       desc="test, before")
+                                       desc="test, before", progress=p.live_plot)
     before = score(refs, before_predictions)
     teacher = train.prepare_model(teacher, p)
     out_dir = run.teacher
     trainer, history = train.finetune(p, teacher, to_dataset(train_rows, teacher.processor),
                                       to_dataset(test_rows, teacher.processor), out_dir, live=p.live_plot)
     after_predictions, _ = transcribe(trainer.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
-                                      desc="test, after")
+                                      desc="test, after", progress=p.live_plot)
     after = score(refs, after_predictions)
     if not trainer.is_world_process_zero():
         return None
@@ -50,7 +50,7 @@ def run_phase(p) -> dict | None:
     pd.DataFrame({"reference": refs, "before": before_predictions, "after": after_predictions}).to_csv(
         out_dir / "test_predictions.csv", index=False)
     print(f"teacher: test CER {before['cer']:.1f}% before -> {after['cer']:.1f}% after fine-tuning "
-          f"({metrics['processes']} process(es)) -> {out_dir}")
+          f"({metrics['processes']} process(es)) -> {shown(out_dir)}")
     return metrics
 
 

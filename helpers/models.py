@@ -9,13 +9,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AddedToken, GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                          WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+from transformers import (
+    AddedToken,
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
 
 # Whisper's special tokens in Whisper's order, cut down to the two languages the workbook needs.
 # Whisper's code relies on this order: language id = start-of-transcript id + 1 + index in its
@@ -25,9 +33,25 @@ WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>"
                     "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
 
 
+class _WhisperOwnGenerateNote(logging.Filter):
+    """Drops one log record: transformers' Whisper ``generate`` itself passes its generation config together with
+    ``suppress_tokens`` / ``begin_suppress_tokens`` to the generic ``generate``, which then notes (once per process)
+    that passing both is deprecated. The call is inside transformers (5.x), so no caller can avoid it; any other
+    record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Passing `generation_config` together with generation-related" in message
+                    and "suppress_tokens" in message)
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_WhisperOwnGenerateNote())
+
+
 @contextmanager
-def _no_transformers_bars():
-    """Silence transformers' own loading/saving bars (they would land in notebook outputs as widgets)."""
+def no_transformers_bars():
+    """Silence transformers' own loading and saving bars while the block runs (they would land in notebook
+    outputs as widgets)."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -80,14 +104,14 @@ def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = 
     extra = {}
     if load_in_8bit:  # LoRA on an 8-bit base: bitsandbytes and a CUDA GPU are needed
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError as err:
             raise ImportError("load_in_8bit needs bitsandbytes: pip install bitsandbytes (CUDA GPUs only)") from err
         if not torch.cuda.is_available():
             raise RuntimeError("load_in_8bit needs a CUDA GPU; set load_in_8bit = False on this machine")
         extra = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": 0}}
-    with _no_transformers_bars():
+    with no_transformers_bars():
         model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     if model.config.model_type != "whisper":
         raise ValueError(f"{source} is a {model.config.model_type!r} model, not Whisper")
@@ -110,7 +134,7 @@ def save_whisper(model, processor, out_dir: str | Path, *, dtype: torch.dtype | 
     out_dir.mkdir(parents=True, exist_ok=True)
     if dtype is not None and dtype != model.dtype:
         model = copy.deepcopy(model).to(dtype)  # the caller's model keeps its dtype
-    with _no_transformers_bars():
+    with no_transformers_bars():
         model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
@@ -167,7 +191,8 @@ def count_parameters(model) -> dict[str, float]:
     dec = sum(p.numel() for p in base.decoder.parameters()) - emb
     total = sum(p.numel() for p in model.parameters())  # the output projection is tied: counted once
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {k: v / 1e6 for k, v in dict(total=total, encoder=enc, decoder=dec, embeddings=emb, trainable=trainable).items()}
+    counts = dict(total=total, encoder=enc, decoder=dec, embeddings=emb, trainable=trainable)
+    return {k: v / 1e6 for k, v in counts.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +223,8 @@ def tiny_feature_extractor(window_s: int = 5, num_mel_bins: int = 80) -> Whisper
 
 
 def tiny_config(tokenizer: WhisperTokenizer, *, window_s: int = 5, d_model: int = 192, layers: int = 4,
-                heads: int = 4, ffn: int = 768, num_mel_bins: int = 80, max_target_positions: int = 96) -> WhisperConfig:
+                heads: int = 4, ffn: int = 768, num_mel_bins: int = 80,
+                max_target_positions: int = 96) -> WhisperConfig:
     """A Whisper-architecture config a CPU can train: 4+4 layers of width 192 is ~3.7M parameters."""
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     return WhisperConfig(
@@ -253,7 +279,8 @@ REAL_SHAPES = {
 
 
 def real_config(shape: str, **overrides) -> WhisperConfig:
-    """The WhisperConfig of a real checkpoint shape ("whisper-small" or "breeze-asr-25"): 51865 tokens, 80 mel bins, 30 s."""
+    """The WhisperConfig of a real checkpoint shape ("whisper-small" or "breeze-asr-25"): 51865 tokens, 80 mel
+    bins, 30 s."""
     return WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
                          **{**REAL_SHAPES[shape], **overrides})
 

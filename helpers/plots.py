@@ -31,7 +31,8 @@ def duration_histogram(splits: dict[str, pd.DataFrame], max_duration_s: float | 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     for name, part in splits.items():
         axes[0].hist(part["duration"], bins=30, alpha=0.6, label=f"{name} ({len(part)})")
-        axes[1].hist(part["text"].str.len(), bins=range(0, int(part["text"].str.len().max()) + 3), alpha=0.6, label=name)
+        lengths = part["text"].str.len()
+        axes[1].hist(lengths, bins=range(0, int(lengths.max()) + 3), alpha=0.6, label=name)
     if max_duration_s:
         axes[0].axvline(max_duration_s, color="k", ls="--", lw=1, label=f"window {max_duration_s:g} s")
     axes[0].set(xlabel="duration (s)", ylabel="utterances", title="Audio length")
@@ -78,7 +79,8 @@ def cer_histogram(rows: pd.DataFrame, threshold: float):
                 title="How far is the teacher from the reference?")
     axes[0].legend()
     counts = rows["status"].value_counts()
-    axes[1].barh(counts.index[::-1], counts.values[::-1], color=["C2" if s.startswith("kept") else "C3" for s in counts.index[::-1]])
+    colors = ["C2" if s.startswith("kept") else "C3" for s in counts.index[::-1]]
+    axes[1].barh(counts.index[::-1], counts.values[::-1], color=colors)
     axes[1].set(xlabel="utterances", title="kept or filtered")
     fig.tight_layout()
     return fig
@@ -101,7 +103,8 @@ def training_curves(records: list[dict], title: str = "training"):
         for x, y in zip(*xy):
             axes[1].annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
     axes[1].set(xlabel="step", ylabel="CER (%)", title="eval CER (lower is better)")
-    for key, label in (("gpu_allocated_mb", "GPU allocated"), ("gpu_peak_mb", "GPU peak"), ("rss_mb", "process RSS (CPU)")):
+    memory = (("gpu_allocated_mb", "GPU allocated"), ("gpu_peak_mb", "GPU peak"), ("rss_mb", "process RSS (CPU)"))
+    for key, label in memory:
         if (xy := series(key)):
             axes[2].plot(*xy, label=label)
     axes[2].set(xlabel="step", ylabel="MB", title="memory")
@@ -153,7 +156,8 @@ def model_comparison(results: pd.DataFrame, test_set: str):
     names = rows["model"].tolist()
     colors = [f"C{i}" for i in range(len(names))]
     for ax, column, label in ((axes[0], "cer", "CER (%), lower is better"),
-                              (axes[1], "speed_up", f"speed-up over the {results.attrs.get('reference', 'reference')}")):
+                              (axes[1], "speed_up", f"speed-up over the {results.attrs.get('reference', 'reference')}"),
+                              ):
         bars = ax.bar(range(len(names)), rows[column], color=colors)
         ax.bar_label(bars, fmt="%.1f" if column == "cer" else "%.2fx", fontsize=8)
         ax.set_xticks(range(len(names)))
@@ -177,7 +181,7 @@ def alignment_html(pairs: list[tuple[str, str | None, str | None]]) -> str:
              "insert": "background:#9e9"}
     ref, pred = [], []
     for op, r, p in pairs:
-        cell = 'style="{}"'.format(style[op])
+        cell = f'style="{style[op]}"'
         ref.append(f"<td {cell}>{escape(r) if r is not None else '·'}</td>")
         pred.append(f"<td {cell}>{escape(p) if p is not None else '·'}</td>")
     return ('<table style="border-collapse:collapse;font-size:90%"><tr><th>ref</th>' + "".join(ref)
@@ -190,7 +194,8 @@ def worst_examples(worst: pd.DataFrame, fold: str | None = "t2s"):
 
     blocks = []
     for rec in worst.to_dict("records"):
-        blocks.append(f"<p><b>CER {rec['cer']:.0f}%</b> <small>({rec['duration']:.2f} s, {escape(rec['model'])})</small>"
+        blocks.append(f"<p><b>CER {rec['cer']:.0f}%</b> "
+                      f"<small>({rec['duration']:.2f} s, {escape(rec['model'])})</small>"
                       f"<br>reference: {escape(rec['reference'])}<br>prediction: {escape(str(rec['prediction']))}</p>"
                       + alignment_html(align(rec["reference"], str(rec["prediction"]), fold=fold))
                       + Audio(read_row(rec), rate=16_000)._repr_html_())

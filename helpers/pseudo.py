@@ -15,7 +15,7 @@ import pandas as pd
 from . import config, models, text
 from .decode import transcribe
 from .encoder_cache import CacheWriter, cache_bytes
-from .files import RunDir
+from .files import RunDir, shown
 from .manifest import audio_to_pseudo_label, save_manifests
 from .processes import process_state
 
@@ -111,10 +111,12 @@ def run_phase(p) -> dict:
         size = cache_bytes(len(rows), teacher.model.config)
         hours = rows["duration"].sum() / 3600
         if state.is_main_process:
-            print(f"encoder cache: {len(rows)} clips, {size / 1e9:.2f} GB on disk in {run.encoder_cache} "
-                  f"({size / len(rows) / 1e6:.2f} MB per clip, {size / 1e9 / max(hours, 1e-9):.1f} GB per hour of audio)")
+            print(f"encoder cache: {len(rows)} clips, {size / 1e9:.2f} GB on disk in {shown(run.encoder_cache)} "
+                  f"({size / len(rows) / 1e6:.2f} MB per clip, {size / 1e9 / max(hours, 1e-9):.1f} GB per hour "
+                  "of audio)")
         cache = CacheWriter(teacher, rows, run.encoder_cache)
-    rows, summary = pseudo_label(teacher, rows, p.cer_threshold, p.batch_size, progress=state.is_main_process,
+    rows, summary = pseudo_label(teacher, rows, p.cer_threshold, p.batch_size,
+                                 progress=state.is_main_process and p.live_plot,
                                  on_encoded=cache.write if cache else None)
     if cache:
         cache.publish()
@@ -123,7 +125,7 @@ def run_phase(p) -> dict:
         save_manifests(run.pseudo, {"train": rows[rows["kept"]], "all": rows},
                        skipped=rows[~rows["kept"]][["audio", "status"]], report=summary)
         print(f"pseudo-labels: kept {summary['kept']} of {summary['utterances']} utterances "
-              f"({summary['processes']} process(es)) -> {run.pseudo}")
+              f"({summary['processes']} process(es)) -> {shown(run.pseudo)}")
     return summary
 
 

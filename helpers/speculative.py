@@ -91,14 +91,15 @@ def run_check(model_paths: dict[str, str], results: pd.DataFrame, test_sets: dic
     evaluated without error, on the first ``limit`` utterances of the first test set. Returns ``(summary, speed)``
     as :func:`speculative_check`, the summary naming the teacher, the assistant and the test set (the keys the
     course summary reads), or ``(None, None)`` when the check is off or there is no pair to run."""
-    evaluated = set(results.loc[results["status"] == "ok", "model"]) - set(results.loc[results["status"] != "ok", "model"])
+    ok = results["status"] == "ok"
+    evaluated = set(results.loc[ok, "model"]) - set(results.loc[~ok, "model"])  # ok on every test set
     pair = pick_speculative_pair({m: q for m, q in model_paths.items() if m in evaluated}, speculative)
     if pair is None:
         return None, None
     teacher_name, assistant_name = pair
     first_set = next(iter(test_sets))
     clips = test_sets[first_set].head(limit)
-    summary, speed = speculative_check(load_whisper(model_paths[teacher_name]), load_whisper(model_paths[assistant_name]),
-                                       clips, fold=fold)
+    teacher, assistant = load_whisper(model_paths[teacher_name]), load_whisper(model_paths[assistant_name])
+    summary, speed = speculative_check(teacher, assistant, clips, fold=fold)
     summary.update(teacher=teacher_name, assistant_model=assistant_name, test_set=first_set)
     return summary, speed

@@ -19,7 +19,7 @@ from transformers import WhisperForConditionalGeneration
 from . import config, models
 from .audio import log_mel, read_row
 from .decode import compare_speed
-from .files import RunDir, write_json
+from .files import RunDir, shown, write_json
 from .manifest import load_manifest
 from .text import score
 
@@ -172,7 +172,7 @@ def run_phase(p) -> dict:
                "predictions": {"reference": refs, **{name: row["predictions"] for name, row in speed.iterrows()}}}
     write_json(run.metrics("student_init"), metrics)
     print(f"student: decoder layers {maps['decoder']} of the teacher's {teacher.model.config.decoder_layers}, "
-          f"encoder equal to the teacher's bit for bit: {same} -> {run.student_init.name}/")
+          f"encoder equal to the teacher's bit for bit: {same} -> {shown(run.student_init)}")
     return metrics
 
 

@@ -27,7 +27,8 @@ SAMPLE_RATE = 16_000  # Hz, what the corpus files are written at (Whisper's rate
 # The grammar. Slot fillers are lists of (text, syllables); English words count as 2 syllables.
 # ---------------------------------------------------------------------------------------------
 DIGITS = "零一二三四五六七八九"
-PEOPLE = ["我", "你", "他", "她", "我們", "老師", "媽媽", "爸爸", "阿嬤", "同事", "經理", "小陳", "小林", "王先生", "李小姐"]
+PEOPLE = ["我", "你", "他", "她", "我們", "老師", "媽媽", "爸爸", "阿嬤", "同事", "經理", "小陳", "小林", "王先生",
+          "李小姐"]
 PLACES = ["台北車站", "基隆", "台中", "台南", "新竹", "花蓮", "淡水", "板橋", "士林夜市", "台大醫院",
           "市政府", "公司", "學校", "圖書館", "便利商店", "機場", "捷運站", "公園", "餐廳", "銀行"]
 ACTIONS = ["買票", "吃飯", "看電影", "上課", "開會", "等公車", "買咖啡", "看醫生", "散步", "領錢",
@@ -98,7 +99,8 @@ def _time(rng: random.Random) -> str:
 
 def _date(rng: random.Random) -> str:
     if rng.random() < 0.4:
-        return ["今天", "明天", "後天", "下禮拜"][rng.randrange(4)] + ("" if rng.random() < 0.5 else "星期" + rng.choice(WEEKDAYS))
+        day = ["今天", "明天", "後天", "下禮拜"][rng.randrange(4)]
+        return day + ("" if rng.random() < 0.5 else "星期" + rng.choice(WEEKDAYS))
     return f"{chinese_number(rng.randint(1, 12))}月{chinese_number(rng.randint(1, 30))}號"
 
 
@@ -111,7 +113,8 @@ SLOTS = {
     "day_part": lambda r: r.choice(DAY_PARTS),
     "time": _time,
     "date": _date,
-    "price": lambda r: chinese_number(r.choice([r.randint(20, 99), r.randint(1, 19) * 50, r.randint(100, 2000)]), liang=True),
+    "price": lambda r: chinese_number(r.choice([r.randint(20, 99), r.randint(1, 19) * 50, r.randint(100, 2000)]),
+                                      liang=True),
     "minutes": lambda r: chinese_number(r.choice([5, 10, 15, 20, 25, 30, 40, 45, 50])),
     "phone": lambda r: "零九" + "".join(r.choice(DIGITS) for _ in range(8)),
     "office": lambda r: r.choice(OFFICE_WORDS),
@@ -148,7 +151,8 @@ class _SlotFiller(dict):
 
 def grammar_characters() -> set[str]:
     """Every CJK character the grammar can produce (to check they are all readable by espeak)."""
-    pieces = PEOPLE + PLACES + ACTIONS + ITEMS + WEATHER + DAY_PARTS + WEEKDAYS + [DIGITS, "十百千萬兩點半分月號星期今明後天下禮拜"]
+    pieces = PEOPLE + PLACES + ACTIONS + ITEMS + WEATHER + DAY_PARTS + WEEKDAYS
+    pieces += [DIGITS, "十百千萬兩點半分月號星期今明後天下禮拜"]
     pieces += GENERIC_TEMPLATES + OFFICE_TEMPLATES
     return {c for p in pieces for c in p if "\u4e00" <= c <= "\u9fff"}
 
@@ -164,7 +168,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 class Espeak:
     """One process-wide espeak-ng engine (the C library is not thread-safe: calls hold a lock)."""
 
-    _instance: "Espeak | None" = None
+    _instance: Espeak | None = None
     _lock = threading.Lock()
 
     def __init__(self):
@@ -181,7 +185,7 @@ class Espeak:
         self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
 
     @classmethod
-    def get(cls) -> "Espeak":
+    def get(cls) -> Espeak:
         """The engine of this process, created on first use (so worker processes make their own)."""
         with cls._lock:
             if cls._instance is None:
@@ -193,7 +197,8 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: str = "cmn", rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> np.ndarray:
+    def synthesize(self, text: str, voice: str = "cmn", rate: int = 175, pitch: int = 50,
+                   pitch_range: int = 50) -> np.ndarray:
         """Speak ``text``; returns float32 samples in [-1, 1] at ``self.sample_rate`` (22050 Hz)."""
         with self._lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:

@@ -45,7 +45,7 @@ _STRAY_APOSTROPHE = re.compile(rf"(?<![{_LATIN}])'|'(?![{_LATIN}])")
 _MIXED_TOKEN = re.compile(rf"[{_LATIN}]+(?:'[{_LATIN}]+)*|\S")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _converter(config: str) -> opencc.OpenCC:
     return opencc.OpenCC(config)
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from . import text
 from .collate import WhisperCollator
 from .config import dataloader_workers
-from .files import write_json
-from .models import load_whisper, save_whisper
-from .peak import memory_now
+from .files import shown, write_json
+from .memory import memory_now
+from .models import load_whisper, no_transformers_bars, save_whisper
 from .plots import training_curves
 
 # The linear layers LoRA and AdaLoRA adapt, by their leaf names in a Whisper model.
@@ -30,16 +32,30 @@ def prepare_model(loaded, p):
     if p.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if p.use_lora:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import LoraConfig, prepare_model_for_kbit_training
 
         if p.load_in_8bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.gradient_checkpointing)
         elif p.gradient_checkpointing:
             model.enable_input_require_grads()
         config = LoraConfig(r=p.lora_r, lora_alpha=2 * p.lora_r, lora_dropout=0.05, target_modules=LORA_TARGETS)
-        model = get_peft_model(model, config)
+        model = add_adapters(model, config)
     loaded.model = model
     return loaded
+
+
+def add_adapters(model, peft_config):
+    """``peft.get_peft_model(model, peft_config)``, without the FutureWarning it raises today.
+
+    peft 0.21 reads ``model.is_gradient_checkpointing``, a property transformers 5 deprecated in favour of
+    ``is_activation_checkpointing`` and which warns on every read. The read is inside peft, not in this workbook,
+    so only that one warning is silenced here; any other warning still shows.
+    """
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, peft_config)
 
 
 def cer_metric(tokenizer):
@@ -64,18 +80,36 @@ def training_arguments(p, out_dir: Path, keep_best: bool = True) -> Seq2SeqTrain
     cuda = torch.cuda.is_available()
     return Seq2SeqTrainingArguments(
         output_dir=str(out_dir), max_steps=p.max_steps, per_device_train_batch_size=p.per_device_train_batch_size,
-        per_device_eval_batch_size=p.per_device_eval_batch_size, gradient_accumulation_steps=p.gradient_accumulation_steps,
+        per_device_eval_batch_size=p.per_device_eval_batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation_steps,
         learning_rate=p.learning_rate, warmup_steps=p.warmup_steps, lr_scheduler_type="linear", weight_decay=0.0,
         eval_strategy="steps", eval_steps=p.eval_steps, save_strategy="steps", save_steps=p.save_steps,
         save_total_limit=2, load_best_model_at_end=keep_best, metric_for_best_model="cer", greater_is_better=False,
         predict_with_generate=True, generation_max_length=p.generation_max_length,
         fp16=bool(p.fp16 and cuda), bf16=bool(p.bf16), logging_steps=max(1, min(25, p.eval_steps // 4)),
         report_to=["tensorboard"], remove_unused_columns=False, label_names=["labels"], seed=p.seed,
-        dataloader_num_workers=dataloader_workers(), use_cpu=not cuda, disable_tqdm=False)
+        dataloader_num_workers=dataloader_workers(), use_cpu=not cuda,
+        disable_tqdm=not p.live_plot)  # batch runs: no progress table in the saved notebook
+
+
+class WhisperTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer for Whisper models whose output projection is tied to the token embedding.
+
+    A tied ``proj_out.weight`` is not written to checkpoints (it is the embedding), so restoring the best checkpoint
+    reports it as a missing key although nothing is missing. That report is left out for tied weights only; a key
+    that is really missing is still reported.
+    """
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        tied = {"proj_out.weight"} if (getattr(model, "proj_out", None) is not None and
+                                       model.proj_out.weight is model.get_input_embeddings().weight) else set()
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
 
 def build_trainer(p, loaded, train_ds, eval_ds, out_dir: Path, callbacks: list | None = None,
-                  trainer_class=Seq2SeqTrainer, data_collator=None, keep_best: bool = True,
+                  trainer_class=WhisperTrainer, data_collator=None, keep_best: bool = True,
                   **trainer_kwargs) -> Seq2SeqTrainer:
     """A Seq2SeqTrainer (or ``trainer_class``) that trains ``loaded.model``, evaluating CER every ``eval_steps``.
 
@@ -146,15 +180,13 @@ def lora_parameter_count(model, r: int, targets=LORA_TARGETS) -> int:
                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
 
 
-def memory_budget(n_params: int, n_lora: int) -> "pd.DataFrame":
+def memory_budget(n_params: int, n_lora: int) -> pd.DataFrame:
     """Static GPU memory (GB, 1e9 bytes) of each fine-tuning recipe before activations.
 
     Full fine-tuning with AdamW in mixed precision keeps fp32 weights (4 B), fp32 gradients (4 B) and two
     fp32 Adam moments (8 B) per parameter: 16 B. LoRA keeps the base frozen in fp16 (2 B) or 8-bit (1 B)
     and trains only the adapters (16 B each). Activations come on top: measure them (bench/).
     """
-    import pandas as pd
-
     rows = [("full fine-tuning, AdamW, mixed precision", 4 * n_params, 4 * n_params, 8 * n_params),
             ("full fine-tuning, 8-bit Adam", 4 * n_params, 4 * n_params, 2 * n_params),
             ("LoRA on a frozen fp16 base", 2 * n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora),
@@ -173,16 +205,17 @@ def finetune(p, loaded, train_ds, eval_ds, out_dir: Path, live: bool = True):
     return trainer, history.records
 
 
-def run_training(trainer, history: "LiveHistory", out_dir: Path, resume: bool) -> None:
+def run_training(trainer, history: LiveHistory, out_dir: Path, resume: bool) -> None:
     """``trainer.train()``, from the last checkpoint in ``out_dir`` when ``resume`` (keeping the curve
     recorded up to that checkpoint), else from the start."""
     checkpoint = last_checkpoint(out_dir) if resume else None
     if resume and checkpoint is None:
-        print(f"resume = True but {out_dir} holds no checkpoint yet: starting from the beginning")
+        print(f"resume = True but {shown(out_dir)} holds no checkpoint yet: starting from the beginning")
     if checkpoint and history.history_file.exists():
         history.records = [r for r in json.loads(history.history_file.read_text("utf-8"))
                            if r["step"] <= int(checkpoint.rsplit("-", 1)[-1])]
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with no_transformers_bars():  # checkpoint saves would each draw a "writing shards" bar
+        trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def save_finetuned(loaded, p, out_dir: Path, metrics: dict) -> Path:

@@ -11,3 +11,5 @@ def pytest_collectstart(collector):
     """nbval: stderr (warnings, progress bars) differs from run to run and is not compared."""
     if collector.fspath and collector.fspath.ext == ".ipynb":
         collector.skip_compare += ("stderr",)
+
+from tests.fixtures import synthetic_run, tiny_whisper  # noqa: E402, F401  (registered for every test module)

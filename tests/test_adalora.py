@@ -8,7 +8,7 @@ import torch
 from helpers import adalora, config, train
 from helpers.collate import to_dataset
 from helpers.models import LoadedWhisper, load_whisper
-from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
+from tests.fixtures import build_tiny_whisper
 
 
 def params(**overrides):

@@ -6,11 +6,10 @@ The processor is the tiny one of tests/fixtures.py: Whisper log-mel features ove
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 import torch
 
 from helpers.collate import FeatureTransform, WhisperCollator, to_dataset
-from tests.fixtures import tiny_whisper, write_tone  # noqa: F401  (tiny_whisper is a fixture)
+from tests.fixtures import write_tone
 
 SOT, EOT = 1000, 1001  # stand-in ids for the collator tests (it only compares ids)
 
@@ -99,7 +98,7 @@ def test_feature_transform_labels_carry_the_prompt_and_end_of_text(processor, cl
 
 
 def test_feature_transform_without_text_gives_no_labels(processor, clips):
-    assert set(FeatureTransform(processor)({"audio": clips})) == {"input_features"}
+    assert set(FeatureTransform(processor)({"audio": clips})) == {"input_features", "attention_mask"}
 
 
 def test_feature_transform_features_differ_for_different_audio(processor, clips):
@@ -112,10 +111,12 @@ def test_dataset_with_transform_and_collator_make_a_training_batch(processor, cl
     manifest = pd.DataFrame({"audio": clips, "text": ["你好", "今天天氣很好"], "duration": [1.0, 2.0]})
     ds = to_dataset(manifest, processor)
     items = [ds[0], ds[1]]
-    assert set(items[0]) == {"input_features", "labels"}
+    assert set(items[0]) == {"input_features", "attention_mask", "labels"}
     sot = processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
     batch = WhisperCollator(processor, decoder_start_token_id=sot)(items)
     assert batch["input_features"].shape == (2, 80, 500)
+    # the mask marks the frames that hold audio: 1 s and 2 s at 100 frames a second, the rest padding
+    assert batch["attention_mask"].sum(dim=1).tolist() == [100, 200]
     longest = max(len(i["labels"]) for i in items) - 1  # the leading start-of-transcript is stripped
     assert batch["labels"].shape == (2, longest)
     assert batch["labels"][:, 0].tolist() == [processor.tokenizer.convert_tokens_to_ids("<|zh|>")] * 2

@@ -260,3 +260,18 @@ def test_the_notebooks_together_declare_every_parameter_the_command_line_accepts
     declared = set().union(*(papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS))
     assert declared == config.all_parameters() == set(config.SPECS)
     assert {nb.stem for nb in NOTEBOOKS} == set(config.NOTEBOOK_PARAMS)
+
+
+# ---------------------------------------------------------------- params/*.yaml
+
+
+PARAMS_FILES = sorted((REPO / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
+def test_a_parameters_file_holds_only_valid_names_that_differ_from_its_profile(path):
+    params = config.parse_params([str(path)], [])  # names and values checked
+    profile = params.get("profile", "tiny")
+    table = {k: v for nb in config.NOTEBOOK_PARAMS for k, v in config.defaults(nb, profile).items()}
+    same = {k: v for k, v in params.items() if k != "profile" and table.get(k) == v}
+    assert same == {}, f"{path.name} repeats its profile's defaults: {same}"

@@ -27,7 +27,8 @@ def yaml_file(tmp_path, name, text):
 def test_parse_params_merges_yaml_files_in_order_later_files_winning(tmp_path):
     first = yaml_file(tmp_path, "a.yaml", "max_steps: 100\nsource: csv\n")
     second = yaml_file(tmp_path, "b.yaml", "max_steps: 200\ntrain_csv: data/train.csv\n")
-    assert config.parse_params([first, second], []) == {"max_steps": 200, "source": "csv", "train_csv": "data/train.csv"}
+    expected = {"max_steps": 200, "source": "csv", "train_csv": "data/train.csv"}
+    assert config.parse_params([first, second], []) == expected
 
 
 def test_parse_params_pairs_override_the_yaml_files(tmp_path):

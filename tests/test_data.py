@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import config, data, files, manifest
-from tests.fixtures import synthetic_run, write_tone  # noqa: F401  (synthetic_run is a fixture)
+from helpers import config, data, manifest
+from tests.fixtures import write_tone
 
 HEADER = "file,中文意譯\n"
 CSV_ROWS = [("audio/a.wav", "今天天氣很好"), ("audio/b.wav", "我們去台北車站")]
@@ -332,7 +332,8 @@ def test_saved_manifests_load_back_unchanged_with_text_kept_as_text(tmp_path):
 
 def test_save_manifests_writes_one_jsonl_per_split_and_the_skipped_table_and_report(tmp_path):
     part = pd.DataFrame({"audio": ["/a.wav"], "text": ["你好"], "duration": [1.0], "split": "train", "source": "csv"})
-    skipped = pd.DataFrame([{"audio": "", "row": 3, "split": "train", "source": "csv", "reason": "no audio file named"}])
+    skipped = pd.DataFrame([{"audio": "", "row": 3, "split": "train", "source": "csv",
+                             "reason": "no audio file named"}])
     out = manifest.save_manifests(tmp_path / "data", {"train": part, "test": part}, skipped, {"note": "報告"})
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "skipped.csv", "test.jsonl", "train.jsonl"]
     assert json.loads((out / "report.json").read_text("utf-8")) == {"note": "報告"}

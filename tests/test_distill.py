@@ -6,11 +6,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers.modeling_outputs import BaseModelOutput
 
 from helpers import config, distill, encoder_cache, pseudo, student
 from helpers.models import LoadedWhisper
-from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
+from tests.fixtures import build_tiny_whisper
 
 
 def test_kd_loss_matches_the_hand_computed_value():

@@ -9,7 +9,7 @@ import torch
 from helpers import encoder_cache, pseudo
 from helpers.audio import log_mel, read_row
 from helpers.models import LoadedWhisper, tiny_feature_extractor
-from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
+from tests.fixtures import build_tiny_whisper
 
 
 def tiny_teacher():

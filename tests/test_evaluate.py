@@ -16,8 +16,8 @@ from helpers import decode, evaluate, models, speculative, student, text
 from helpers.config import TINY_TEACHER
 from helpers.files import write_json
 from helpers.manifest import load_manifest
-from helpers.peak import PeakMemory
-from tests.fixtures import build_tiny_whisper, synthetic_run, write_tone  # noqa: F401
+from helpers.memory import PeakMemory
+from tests.fixtures import build_tiny_whisper, write_tone
 
 
 # ---------------------------------------------------------------------------------------------

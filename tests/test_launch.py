@@ -18,10 +18,10 @@ import pytest
 
 from helpers import config, launch, models, processes, student
 from helpers.files import read_json
-from helpers.processes import free_port
 from helpers.manifest import load_manifest, save_manifests
 from helpers.models import LoadedWhisper
-from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
+from helpers.processes import free_port
+from tests.fixtures import build_tiny_whisper
 
 
 def test_shards_are_contiguous_blocks_that_cover_the_rows_in_order():

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from helpers import models
-from tests.fixtures import tiny_whisper  # noqa: F401  (a fixture)
 
 SENTENCE = "明天下午三點的meeting改到台北車站"
 PROMPT = ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]

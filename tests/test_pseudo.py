@@ -6,7 +6,7 @@ import pytest
 
 from helpers import encoder_cache, pseudo
 from helpers.models import LoadedWhisper, tiny_feature_extractor
-from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
+from tests.fixtures import build_tiny_whisper
 
 
 @pytest.mark.parametrize("prediction, reason", [

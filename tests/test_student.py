@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from helpers import models, plots, student
-from tests.fixtures import tiny_whisper  # noqa: F401  (a fixture)
 
 SHAPES = {"4+4": dict(encoder_layers=4, decoder_layers=4, d_model=64, heads=2, ffn=128, num_mel_bins=80),
           "3+5": dict(encoder_layers=3, decoder_layers=5, d_model=32, heads=2, ffn=64, num_mel_bins=16)}
@@ -120,7 +119,8 @@ def test_init_student_sets_the_decoder_layers_and_keeps_the_rest_of_the_config(t
     small, maps = student.init_student(model, decoder_layers=2)
     assert small.config.decoder_layers == 2 and len(small.model.decoder.layers) == 2
     assert small.config.encoder_layers == model.config.encoder_layers  # encoder_layers=None keeps all
-    assert maps == {"decoder": [0, model.config.decoder_layers - 1], "encoder": list(range(model.config.encoder_layers))}
+    expected = {"decoder": [0, model.config.decoder_layers - 1], "encoder": list(range(model.config.encoder_layers))}
+    assert maps == expected
     for key in ("d_model", "vocab_size", "num_mel_bins", "max_source_positions", "decoder_ffn_dim"):
         assert getattr(small.config, key) == getattr(model.config, key)
 
@@ -285,7 +285,8 @@ def test_make_student_from_a_checkpoint_folder_copies_that_checkpoints_layers(te
 def test_make_student_gives_the_student_the_teachers_prompt(teachers, tmp_path):
     models.save_whisper(*teachers["3+5"], tmp_path)  # saved with the transcribe prompt
     small, _ = student.make_student(loaded_teacher(teachers, task="translate"), str(tmp_path))
-    ids = small.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|zh|>", "<|translate|>", "<|notimestamps|>"])
+    ids = small.tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|zh|>", "<|translate|>", "<|notimestamps|>"])
     assert small.tokenizer.prefix_tokens == ids
     assert (small.model.generation_config.language, small.model.generation_config.task) == ("zh", "translate")
 

@@ -5,8 +5,18 @@ Rates are percentages: 100 * (substitutions + deletions + insertions) / N_ref.
 """
 import pytest
 
-from helpers.text import (align, cer, char_tokens, error_counts, mer, mixed_tokens,
-                          normalize, utterance_scores, wer, word_tokens)
+from helpers.text import (
+    align,
+    cer,
+    char_tokens,
+    error_counts,
+    mer,
+    mixed_tokens,
+    normalize,
+    utterance_scores,
+    wer,
+    word_tokens,
+)
 
 # ---------------------------------------------------------------- normalize
 

@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 from helpers import collate, config, train
 from helpers.models import LoadedWhisper
-from tests.fixtures import build_tiny_whisper, synthetic_run  # noqa: F401
+from tests.fixtures import build_tiny_whisper
 
 
 def params(**overrides):
