@@ -154,47 +154,57 @@ def merge_and_save(peft_model, processor, out_dir: str | Path) -> tuple[object, 
 
 def run_phase(p) -> dict | None:
     """Notebook 06 for its parameters ``p``: AdaLoRA on ``p.student`` (default ``run_dir/student_kd``) with
-    ``run_dir/data/train.jsonl``, the rank allocator called at every step, then the merged model saved to
-    ``run_dir/student_adalora`` with ``metrics.json`` (test CER before, with adapters, merged; final ranks),
-    ``history.json`` and ``rank_budget.json`` (total rank after each allocation). Returns the metrics in the
-    main process; the other processes of a launched run (which train and score their share) return None.
+    ``run_dir/data/train.jsonl``, the rank allocator called at every step and the validation CER followed on
+    ``valid.jsonl``; then the merged model saved to ``run_dir/student_adalora`` with ``metrics.json``
+    (validation and test CER before AdaLoRA, with adapters and merged; final ranks), ``history.json`` and
+    ``rank_budget.json`` (total rank after each allocation). The test set is read once training has ended; the
+    "before" model is the adapter model with its adapters switched off. Returns the metrics in the main process;
+    the other processes of a launched run (which train and score their share) return None.
     """
     run = RunDir(p.run_dir)
     student = models.load_whisper(p.student or run.student_kd)
-    train_rows, test_rows = load_manifest(run.data, "train"), load_manifest(run.data, "test")
+    train_rows, valid_rows = load_manifest(run.data, "train"), load_manifest(run.data, "valid")
     peft_model = add_adalora(student.model, p)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    refs = test_rows["text"].tolist()
-    before = score(refs, transcribe(student.model, student.processor, test_rows, p.per_device_eval_batch_size,
-                                    desc="student before AdaLoRA", progress=p.live_plot)[0])
     out_dir = run.student_adalora
     out_dir.mkdir(parents=True, exist_ok=True)
     allocator = RankAllocatorCallback(peft_model)
     history = train.LiveHistory(run.history("student_adalora"), live=p.live_plot, title="AdaLoRA")
     loaded = models.LoadedWhisper(peft_model, student.processor, student.source)
     trainer = train.build_trainer(p, loaded, to_dataset(train_rows, loaded.processor),
-                                  to_dataset(test_rows, loaded.processor), out_dir, [allocator, history],
+                                  to_dataset(valid_rows, loaded.processor), out_dir, [allocator, history],
                                   keep_best=False)
     with pruned_ranks_saved():  # the Trainer's checkpoints save the adapters too
         train.run_training(trainer, history, out_dir, p.resume)
     ranks = current_ranks(peft_model)
-    adapter_predictions, _ = transcribe(peft_model, loaded.processor, test_rows, p.per_device_eval_batch_size,
-                                        desc="adapter model", progress=p.live_plot)
+    sets = {"valid": valid_rows, "test": load_manifest(run.data, "test")}  # training has ended: test, once
+
+    def scores(model, name):
+        out = {}
+        for split, rows in sets.items():
+            predictions, _ = transcribe(model, loaded.processor, rows, p.per_device_eval_batch_size,
+                                        desc=f"{name} on {split}", progress=p.live_plot)
+            out[split] = (score(rows["text"].tolist(), predictions), predictions)
+        return out
+
+    with peft_model.disable_adapter():
+        before = scores(peft_model, "before AdaLoRA")
+    after = scores(peft_model, "adapter model")
     main = trainer.is_world_process_zero()
     merged = merge_and_save(peft_model, loaded.processor, out_dir)[0] if main else peft_model.merge_and_unload()
-    merged_predictions, _ = transcribe(merged, loaded.processor, test_rows, p.per_device_eval_batch_size,
-                                       desc="merged model", progress=p.live_plot)
+    merged_scores = scores(merged, "merged model")
     if not main:
         return None
-    after, merged_scores = score(refs, adapter_predictions), score(refs, merged_predictions)
-    metrics = {"cer_before": before["cer"], "cer_after": after["cer"], "cer_merged": merged_scores["cer"],
-               "identical_after_merge": sum(a == b for a, b in zip(adapter_predictions, merged_predictions)),
-               "trainable_M": trainable / 1e6, "total_M": total / 1e6,
-               "final_ranks": ranks.set_index("module")["rank"].to_dict(),
-               "processes": trainer.accelerator.num_processes}
+    metrics = {f"{split}_cer_{stage}": result[split][0]["cer"] for split in sets
+               for stage, result in (("before", before), ("after", after), ("merged", merged_scores))}
+    metrics.update({
+        "identical_after_merge": sum(a == b for a, b in zip(after["test"][1], merged_scores["test"][1])),
+        "test_utterances": len(sets["test"]), "trainable_M": trainable / 1e6, "total_M": total / 1e6,
+        "final_ranks": ranks.set_index("module")["rank"].to_dict(), "processes": trainer.accelerator.num_processes})
     write_json(run.metrics("student_adalora"), metrics)
     write_json(out_dir / "rank_budget.json", allocator.budget)
-    print(f"AdaLoRA student: test CER {before['cer']:.1f}% -> {merged_scores['cer']:.1f}% merged "
+    print(f"AdaLoRA student: validation CER {metrics['valid_cer_before']:.1f}% -> {metrics['valid_cer_merged']:.1f}%, "
+          f"test CER {metrics['test_cer_before']:.1f}% -> {metrics['test_cer_merged']:.1f}% merged "
           f"({metrics['processes']} process(es)) -> {shown(out_dir)}")
     return metrics
 

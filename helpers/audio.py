@@ -69,3 +69,145 @@ def duration_of(path: str | Path) -> float:
 
     info = sf.info(str(path))
     return info.frames / info.samplerate if info.samplerate else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Long recordings: pieces that fit the model's window, cut where the speaker pauses
+# ---------------------------------------------------------------------------------------------
+MIN_CONTRAST_DB = 15.0  # a pause is at least this far below the recording's loudness, however loud its noise
+
+
+def sound_threshold_db(audio: np.ndarray, sampling_rate: int, *, top_db: float = 35.0, noise_margin_db: float = 10.0,
+                       silence_dbfs: float = -60.0, frame_s: float = 0.032, hop_s: float = 0.008) -> float | None:
+    """The level (dB re full scale, of the RMS of ``frame_s``-second frames every ``hop_s`` seconds) above which
+    :func:`cut_at_pauses` counts a frame of ``audio`` as sound, or ``None`` when no frame reaches ``silence_dbfs``
+    (a silent recording).
+
+    The threshold follows the recording, not a fixed level: ``loudness - top_db``, where loudness is the 95th
+    percentile of the frames louder than ``silence_dbfs`` (a few clicks do not set it); raised to ``noise_margin_db``
+    above the noise floor (the 5th percentile of all frames) when the background is loud, yet never closer than
+    15 dB (:data:`MIN_CONTRAST_DB`) to the loudness, and never below ``silence_dbfs``.
+    """
+    import librosa
+
+    db = 20 * np.log10(np.maximum(_frame_rms(audio, sampling_rate, frame_s, hop_s, librosa), 1e-10))
+    sounding = db > silence_dbfs
+    if not sounding.any():
+        return None
+    loudness, floor = float(np.percentile(db[sounding], 95)), float(np.percentile(db, 5))
+    threshold = max(loudness - top_db, min(floor + noise_margin_db, loudness - MIN_CONTRAST_DB))
+    return max(threshold, silence_dbfs)
+
+
+def _frame_rms(audio, sampling_rate, frame_s, hop_s, librosa):
+    frame, hop = _frame_sizes(sampling_rate, frame_s, hop_s)
+    return librosa.feature.rms(y=audio, frame_length=frame, hop_length=hop)[0]
+
+
+def _frame_sizes(sampling_rate: int, frame_s: float, hop_s: float) -> tuple[int, int]:
+    return max(16, int(round(frame_s * sampling_rate))), max(1, int(round(hop_s * sampling_rate)))
+
+
+def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overlap_s: float = 0.5, pad_s: float = 0.2,
+                  top_db: float = 35.0, noise_margin_db: float = 10.0, silence_dbfs: float = -60.0,
+                  frame_s: float = 0.032, hop_s: float = 0.008) -> list[tuple[float, float]]:
+    """Cut a long mono recording into pieces of at most ``max_s`` seconds, at pauses; returns ``[(start, end), ...]``
+    in seconds from the start of ``audio`` (``sampling_rate`` Hz samples), in order.
+
+    1. Sound and silence: frames louder than :func:`sound_threshold_db` (relative to the recording's own loudness
+       and noise floor; ``top_db``, ``noise_margin_db``, ``silence_dbfs``, ``frame_s``, ``hop_s`` go there) are
+       sound, found with ``librosa.effects.split``. A recording without a frame above ``silence_dbfs`` gives ``[]``.
+    2. Cuts: a stretch of sound (with its inner pauses) longer than ``max_s`` is cut at its longest pause, and the
+       halves likewise, until every piece fits; so the pieces end where the speaker pauses longest.
+    3. Merging: neighbouring pieces are joined while the joined piece still fits in ``max_s`` (fewer, longer
+       pieces: more context for the model, fewer calls).
+    4. A stretch with no pause at all that is longer than ``max_s`` is split hard into equal pieces of at most
+       ``max_s`` that overlap by ``overlap_s`` seconds (a word on the cut is then heard whole in one of them; its
+       text may come out twice).
+    5. Each piece is widened by up to ``pad_s`` seconds of the silence around it (never past the middle of a
+       pause, the ends of the recording or ``max_s``), so that soft word onsets and endings are kept.
+
+    The pieces cover every stretch of sound; silence between pieces is left out. Read a piece back with
+    ``read_audio(path, sampling_rate, offset=start, duration=end - start)``. Raises ``ValueError`` naming the
+    parameter when ``audio`` is not 1-D, ``max_s`` is not positive or ``overlap_s`` is not in [0, max_s / 2).
+    """
+    import librosa
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"cut_at_pauses: audio must be mono (1-D), got shape {audio.shape}; average the channels "
+                         "first (read_audio does)")
+    if not max_s > 0:
+        raise ValueError(f"cut_at_pauses: max_s must be positive (seconds), got {max_s}")
+    if not 0 <= overlap_s < max_s / 2:
+        raise ValueError(f"cut_at_pauses: overlap_s must be >= 0 and below max_s / 2 ({max_s / 2:g} s), "
+                         f"got {overlap_s}")
+    threshold = sound_threshold_db(audio, sampling_rate, top_db=top_db, noise_margin_db=noise_margin_db,
+                                   silence_dbfs=silence_dbfs, frame_s=frame_s, hop_s=hop_s) if audio.size else None
+    if threshold is None:
+        return []
+    frame, hop = _frame_sizes(sampling_rate, frame_s, hop_s)
+    peak = max(float(_frame_rms(audio, sampling_rate, frame_s, hop_s, librosa).max()), 1e-10)  # split's reference
+    spans = [(int(s), int(e)) for s, e in librosa.effects.split(
+        audio, top_db=20 * np.log10(peak) - threshold, ref=peak, frame_length=frame, hop_length=hop) if e > s]
+    if not spans:
+        return []
+    max_n = int(np.floor(max_s * sampling_rate))
+    pieces = _merge(_cut_longest_pause(spans, max_n), max_n)
+    out = []
+    for (start, end), hard in pieces:
+        if hard:
+            out += _hard_split(start, end, max_n, int(round(overlap_s * sampling_rate)))
+        else:
+            out.append((start, end))
+    return [(s / sampling_rate, e / sampling_rate) for s, e in _pad(out, max_n, int(round(pad_s * sampling_rate)),
+                                                                   len(audio))]
+
+
+def _cut_longest_pause(spans: list[tuple[int, int]], max_n: int) -> list[tuple[tuple[int, int], bool]]:
+    """Groups of consecutive sound spans (sample indices) that fit ``max_n``, cut at the longest pause first;
+    ``((start, end), hard)`` with ``hard`` True for a single span that is too long and has no pause to cut at."""
+    done, todo = [], [(0, len(spans))]  # half-open ranges of span indices, split depth first, left first
+    while todo:
+        lo, hi = todo.pop()
+        start, end = spans[lo][0], spans[hi - 1][1]
+        if end - start <= max_n or hi - lo == 1:
+            done.append(((start, end), end - start > max_n))
+            continue
+        gaps = [(spans[i + 1][0] - spans[i][1], -abs((spans[i][1] + spans[i + 1][0]) / 2 - (start + end) / 2), i)
+                for i in range(lo, hi - 1)]
+        cut = max(gaps)[2]  # the longest pause; of equal ones, the nearest the middle
+        todo += [(cut + 1, hi), (lo, cut + 1)]
+    return done
+
+
+def _merge(pieces, max_n):
+    """Join neighbouring pieces while the joined piece fits ``max_n`` samples (hard-split stretches stay alone)."""
+    merged = []
+    for (start, end), hard in pieces:
+        if merged and not hard and not merged[-1][1] and end - merged[-1][0][0] <= max_n:
+            merged[-1] = ((merged[-1][0][0], end), False)
+        else:
+            merged.append(((start, end), hard))
+    return merged
+
+
+def _hard_split(start: int, end: int, max_n: int, overlap_n: int) -> list[tuple[int, int]]:
+    """``start .. end`` as the fewest equal pieces of at most ``max_n`` samples overlapping by ``overlap_n``."""
+    count = int(np.ceil((end - start - overlap_n) / (max_n - overlap_n)))
+    length = int(np.ceil((end - start + (count - 1) * overlap_n) / count))
+    step = length - overlap_n
+    return [(start + i * step, min(start + i * step + length, end)) if i < count - 1 else (end - length, end)
+            for i in range(count)]
+
+
+def _pad(pieces: list[tuple[int, int]], max_n: int, pad_n: int, total: int) -> list[tuple[int, int]]:
+    """Widen each piece into the silence around it by up to ``pad_n`` samples a side (not past the middle of the
+    pause to its neighbour, the recording's ends, or ``max_n`` in all)."""
+    out = []
+    for i, (start, end) in enumerate(pieces):
+        room = max(0, max_n - (end - start)) // 2
+        before = start if i == 0 else max(0, (start - pieces[i - 1][1]) // 2)
+        after = total - end if i == len(pieces) - 1 else max(0, (pieces[i + 1][0] - end) // 2)
+        out.append((start - min(pad_n, room, before), end + min(pad_n, room, after)))
+    return out

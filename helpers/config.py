@@ -31,10 +31,11 @@ COMMON = {"profile": "tiny", "run_dir": "runs/tiny", "seed": 0, "live_plot": Tru
 
 # Parameters each notebook owns (besides COMMON). Values are the `tiny` profile's defaults.
 NOTEBOOK_PARAMS: dict[str, dict] = {
-    "01_data": dict(source="synthetic", train_csv=None, test_csv=None, audio_column="file", text_column="中文意譯",
-                    hub_dataset=None, hub_config=None, hub_train_split="train", hub_test_split="test",
-                    hub_audio_column="audio", hub_text_column="sentence", num_train=600, num_test=100,
-                    num_unlabelled=2400, test_fraction=0.1, max_duration_s=5.0),
+    "01_data": dict(source="synthetic", train_csv=None, valid_csv=None, test_csv=None, audio_column="file",
+                    text_column="中文意譯", speaker_column=None, hub_dataset=None, hub_config=None,
+                    hub_train_split="train", hub_valid_split=None, hub_test_split="test", hub_audio_column="audio",
+                    hub_text_column="sentence", num_train=600, num_valid=100, num_test=200, num_unlabelled=2400,
+                    valid_fraction=0.1, test_fraction=0.1, max_duration_s=5.0),
     "02_breeze_finetune": dict(base_model=str(TINY_TEACHER), max_steps=300, per_device_train_batch_size=16,
                                gradient_accumulation_steps=1, learning_rate=5e-4, warmup_steps=30, eval_steps=100,
                                save_steps=100, early_stopping_patience=3, fp16=False, bf16=False,
@@ -55,7 +56,7 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                        per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=50, save_steps=50,
                        per_device_eval_batch_size=32, generation_max_length=96, fp16=False, bf16=False, resume=False,
                        num_processes=1),
-    "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=2, speculative=True,
+    "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=3, speculative=True,
                     speculative_limit=50, fold="t2s", num_worst=5),
 }
 
@@ -64,8 +65,9 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
 PROFILES: dict[str, dict] = {
     "tiny": {},
     "gpu-8gb": dict(
-        run_dir="runs/gpu-8gb", source="hub", hub_dataset="mozilla-foundation/common_voice_17_0", hub_config="zh-TW",
-        num_train=None, num_test=None, max_duration_s=30.0, base_model=BREEZE, max_steps=5000,
+        run_dir="runs/gpu-8gb", source="hub", hub_dataset="mozilla-foundation/common_voice_17_0",
+        hub_config="zh-TW", hub_valid_split="validation", num_train=None, num_valid=500, num_test=None,
+        max_duration_s=30.0, base_model=BREEZE, max_steps=5000,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=8, learning_rate=1e-4, warmup_steps=100, eval_steps=500, save_steps=500,
         fp16=True, gradient_checkpointing=True, use_lora=True, generation_max_length=448,
@@ -74,8 +76,9 @@ PROFILES: dict[str, dict] = {
         **{"05_distill": dict(learning_rate=1e-4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
                               fp16=True, generation_max_length=448)}),
     "full": dict(
-        run_dir="runs/full", source="hub", hub_dataset="mozilla-foundation/common_voice_17_0", hub_config="zh-TW",
-        num_train=None, num_test=None, max_duration_s=30.0, base_model=BREEZE, max_steps=5000,
+        run_dir="runs/full", source="hub", hub_dataset="mozilla-foundation/common_voice_17_0",
+        hub_config="zh-TW", hub_valid_split="validation", num_train=None, num_valid=500, num_test=None,
+        max_duration_s=30.0, base_model=BREEZE, max_steps=5000,
         per_device_train_batch_size=16,
         gradient_accumulation_steps=1, learning_rate=1e-5, warmup_steps=500, eval_steps=500, save_steps=500,
         bf16=True, gradient_checkpointing=True, generation_max_length=448, per_device_eval_batch_size=32,
@@ -144,11 +147,13 @@ POSITIVE, COUNT = _int(1), _int(0)
 SPECS: dict[str, Spec] = {
     "profile": Spec("choice", choices=tuple(PROFILES)), "run_dir": TEXT, "seed": COUNT, "live_plot": BOOL,
     # 01
-    "source": Spec("choice", choices=("synthetic", "csv", "hub")), "train_csv": MAYBE_TEXT, "test_csv": MAYBE_TEXT,
-    "audio_column": TEXT, "text_column": TEXT, "hub_dataset": MAYBE_TEXT, "hub_config": MAYBE_TEXT,
-    "hub_train_split": TEXT, "hub_test_split": TEXT, "hub_audio_column": TEXT, "hub_text_column": TEXT,
-    "num_train": _int(1, optional=True), "num_test": _int(1, optional=True), "num_unlabelled": _int(0, optional=True),
-    "test_fraction": Spec("float", low=0, high=0.9, open_low=True),
+    "source": Spec("choice", choices=("synthetic", "csv", "hub")), "train_csv": MAYBE_TEXT, "valid_csv": MAYBE_TEXT,
+    "test_csv": MAYBE_TEXT, "audio_column": TEXT, "text_column": TEXT, "speaker_column": MAYBE_TEXT,
+    "hub_dataset": MAYBE_TEXT, "hub_config": MAYBE_TEXT, "hub_train_split": TEXT, "hub_valid_split": MAYBE_TEXT,
+    "hub_test_split": MAYBE_TEXT, "hub_audio_column": TEXT, "hub_text_column": TEXT,
+    "num_train": _int(1, optional=True), "num_valid": _int(1, optional=True), "num_test": _int(1, optional=True),
+    "num_unlabelled": _int(0, optional=True), "valid_fraction": Spec("float", low=0, high=0.5, open_low=True),
+    "test_fraction": Spec("float", low=0, high=0.5, open_low=True),
     "max_duration_s": Spec("float", low=0, open_low=True, optional=True),
     # 02, 05, 06: training
     "base_model": TEXT, "max_steps": POSITIVE, "per_device_train_batch_size": POSITIVE,

@@ -81,7 +81,8 @@ def key_figures(run_dir: Path) -> list[str]:
         lines.append("data: " + ", ".join(f"{n} {v['utterances']}" for n, v in s.items()) + " utterances "
                      f"({sum(v['hours'] for v in s.values()):.2f} h), {r['skipped']['total']} rows skipped")
     if (m := read_json(run.metrics("teacher"))):
-        lines.append(f"teacher: test CER {m['cer_before']:.1f}% before fine-tuning -> {m['cer_after']:.1f}% after")
+        lines.append(f"teacher: validation CER {m['valid_cer_before']:.1f}% before fine-tuning -> "
+                     f"{m['valid_cer_after']:.1f}% after; test CER {m['test_cer']:.1f}%")
     if (m := read_json(run.pseudo_report)):
         lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept "
                      f"(CER <= {m['cer_threshold']:g}%)")
@@ -89,11 +90,11 @@ def key_figures(run_dir: Path) -> list[str]:
         lines.append(f"student: decoder layers {m['layer_map']['decoder']} of the teacher's "
                      f"{m['layer_map']['decoder'][-1] + 1}")
     if (m := read_json(run.metrics("student_kd"))):
-        kd, teacher = m.get("student after KD", {}), m.get("teacher", {})
-        lines.append(f"distilled student ({m['mode']} encoder): test CER {kd.get('cer', float('nan')):.1f}% "
-                     f"(teacher {teacher.get('cer', float('nan')):.1f}%)")
+        kd, teacher = m["student after KD"], m["teacher"]
+        lines.append(f"distilled student ({m['mode']} encoder): test CER {kd['test']['cer']:.1f}% "
+                     f"(teacher {teacher['test']['cer']:.1f}%)")
     if (m := read_json(run.metrics("student_adalora"))):
-        lines.append(f"AdaLoRA student: test CER {m['cer_before']:.1f}% -> {m['cer_merged']:.1f}% (merged)")
+        lines.append(f"AdaLoRA student: test CER {m['test_cer_before']:.1f}% -> {m['test_cer_merged']:.1f}% (merged)")
     if (m := read_json(run.results)):
         for r in m["results"]:
             if r.get("status") == "ok" and r.get("rtfx") is not None:

@@ -164,37 +164,26 @@ def merge_speed(shards: list[dict]) -> dict:
     return merged
 
 
-def timed_transcribe(model, processor, manifest: pd.DataFrame, batch_size: int, rounds: int = 2, warmup: int = 4,
-                     max_new_tokens: int | None = None, assistant_model=None) -> tuple[list[str], dict]:
-    """:func:`transcribe` after ``warmup`` untimed utterances, ``rounds`` times; the fastest round counts
-    (the least disturbed by other work on the machine). Greedy decoding is deterministic, so every round
-    gives the same transcripts. One process (no sharding): timings compare models on the same work."""
-    kwargs = dict(max_new_tokens=max_new_tokens, progress=False, assistant_model=assistant_model, shard=False)
-    if warmup:
-        transcribe(model, processor, manifest.head(warmup), batch_size, **kwargs)
-    best = None
-    for _ in range(max(1, rounds)):
-        preds, stats = transcribe(model, processor, manifest, batch_size, **kwargs)
-        if best is None or stats["compute_s"] < best[1]["compute_s"]:
-            best = (preds, stats)
-    return best
-
-
-def compare_speed(models: dict, manifest: pd.DataFrame, batch_size: int = 16, rounds: int = 2,
+def compare_speed(models: dict, manifest: pd.DataFrame, batch_size: int = 16, rounds: int = 3,
                   warmup: int = 4) -> pd.DataFrame:
     """Decoding speed of several loaded models on the same clips, same batch size, same device, side by side.
 
-    The models take turns for ``rounds`` rounds over all clips, after ``warmup`` untimed clips each, and the
-    fastest round of each counts. ``models`` maps a name to a LoadedWhisper. Returns one row per model with
-    the stats of :func:`transcribe` and the transcripts of its fastest round (for scoring).
+    After ``warmup`` untimed clips each, the models take turns for ``rounds`` rounds over all clips, so that
+    whatever else the machine does falls on all of them alike. ``models`` maps a name to a LoadedWhisper.
+    Returns one row per model: the stats of :func:`transcribe` for its median round, ``compute_s_min`` and
+    ``compute_s_max`` over the rounds, and its transcripts (``predictions``, for scoring).
     """
     for loaded in models.values():
         transcribe(loaded.model, loaded.processor, manifest.head(warmup), batch_size, progress=False, shard=False)
-    best: dict[str, dict] = {}
-    for _ in range(rounds):
+    runs: dict[str, list] = {name: [] for name in models}
+    for _ in range(max(1, rounds)):
         for name, loaded in models.items():
-            preds, stats = transcribe(loaded.model, loaded.processor, manifest, batch_size, progress=False,
-                                      shard=False)
-            if name not in best or stats["compute_s"] < best[name]["compute_s"]:
-                best[name] = {**stats, "predictions": preds}
-    return pd.DataFrame.from_dict(best, orient="index")
+            runs[name].append(transcribe(loaded.model, loaded.processor, manifest, batch_size, progress=False,
+                                         shard=False))
+    rows = {}
+    for name, passes in runs.items():
+        ordered = sorted(passes, key=lambda run: run[1]["compute_s"])
+        predictions, median = ordered[(len(ordered) - 1) // 2]
+        rows[name] = {**median, "compute_s_min": ordered[0][1]["compute_s"],
+                      "compute_s_max": ordered[-1][1]["compute_s"], "predictions": predictions}
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -179,31 +179,36 @@ def distil(p, teacher, student, pseudo_rows, eval_rows, out_dir, cache_dir=None,
 def run_phase(p) -> dict | None:
     """Notebook 05 for its parameters ``p``: distil ``p.student`` (default ``run_dir/student_init``) from
     ``p.teacher`` (default ``run_dir/teacher``) on ``run_dir/pseudo/train.jsonl`` (with notebook 03's encoder
-    cache when it matches), score teacher and student on ``run_dir/data/test.jsonl``, and save the student
-    with ``metrics.json`` and ``history.json`` in ``run_dir/student_kd``. Returns the metrics in the main
-    process; the other processes of a launched run (which train and score their share) return None.
+    cache when it matches), evaluating and keeping the best checkpoint on ``data/valid.jsonl``; once training has
+    ended, score teacher and student on the validation and the test set, and save the student with
+    ``metrics.json`` and ``history.json`` in ``run_dir/student_kd``. Returns the metrics in the main process; the
+    other processes of a launched run (which train and score their share) return None.
     """
     run = RunDir(p.run_dir)
     teacher = models.load_whisper(p.teacher or run.teacher)
     student = models.load_whisper(p.student or run.student_init)
     pseudo_rows = load_manifest(run.pseudo, "train")
-    test_rows = load_manifest(run.data, "test")
-    trainer, history, mode, reason = distil(p, teacher, student, pseudo_rows, test_rows, run.student_kd,
+    valid_rows = load_manifest(run.data, "valid")
+    trainer, history, mode, reason = distil(p, teacher, student, pseudo_rows, valid_rows, run.student_kd,
                                             run.encoder_cache, live=p.live_plot)
+    sets = {"valid": valid_rows, "test": load_manifest(run.data, "test")}  # training has ended: test, once
     results = {}
     for name, loaded in (("teacher", teacher), ("student after KD", student)):
-        predictions, speed = transcribe(loaded.model, loaded.processor, test_rows, p.per_device_eval_batch_size,
-                                        desc=name, progress=p.live_plot)
-        results[name] = {**score(test_rows["text"].tolist(), predictions), "RTFx": speed["rtfx"]}
+        results[name] = {}
+        for split, rows in sets.items():
+            predictions, speed = transcribe(loaded.model, loaded.processor, rows, p.per_device_eval_batch_size,
+                                            desc=f"{name} on {split}", progress=p.live_plot)
+            results[name][split] = {**score(rows["text"].tolist(), predictions), "RTFx": speed["rtfx"]}
     if not trainer.is_world_process_zero():
         return None
     models.save_whisper(student.model, student.processor, run.student_kd)
     metrics = {"mode": mode, "reason": reason, "steps": trainer.state.global_step,
                "processes": trainer.accelerator.num_processes, **results}
     write_json(run.metrics("student_kd"), metrics)
-    print(f"distilled student ({mode} encoder, {metrics['processes']} process(es)): test CER "
-          f"{results['student after KD']['cer']:.1f}% (teacher {results['teacher']['cer']:.1f}%) "
-          f"-> {shown(run.student_kd)}")
+    kd, t = results["student after KD"], results["teacher"]
+    print(f"distilled student ({mode} encoder, {metrics['processes']} process(es)): validation CER "
+          f"{kd['valid']['cer']:.1f}% (teacher {t['valid']['cer']:.1f}%), test CER {kd['test']['cer']:.1f}% "
+          f"(teacher {t['test']['cer']:.1f}%) -> {shown(run.student_kd)}")
     return metrics
 
 

@@ -17,7 +17,7 @@ from transformers import WhisperConfig
 
 from . import text
 from .config import REPO, repo_path
-from .decode import default_device, timed_transcribe
+from .decode import default_device, transcribe
 from .files import RunDir, atomic_write, read_json, write_json
 from .manifest import check_rows, read_csv
 from .memory import PeakMemory
@@ -132,25 +132,36 @@ def model_facts(loaded) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Every model on every test set
 # ---------------------------------------------------------------------------------------------
+def _park(loaded, device: torch.device):
+    """Between its timing turns a model waits on the CPU when the decoding happens on a GPU (so models that do
+    not fit on the card together can still take turns)."""
+    if device.type == "cuda":
+        loaded.model.to("cpu")
+        torch.cuda.empty_cache()
+    return loaded
+
+
 def evaluate_models(model_paths: dict[str, str], test_sets: dict[str, pd.DataFrame], batch_size: int = 16,
-                    fold: str | None = "t2s", rounds: int = 2, warmup: int = 4, max_new_tokens: int | None = None,
+                    fold: str | None = "t2s", rounds: int = 3, max_new_tokens: int | None = None,
                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                     reference: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Accuracy, speed, size and memory of every model on every test set, measured in one run.
 
-    Models are loaded one at a time (so large ones need not fit together), each decodes every test set
-    with the same ``batch_size`` on the same ``device`` (default: ``decode.default_device``): ``warmup`` untimed
-    utterances, then ``rounds`` timed passes, the fastest of which counts. Returns ``(results, predictions)``:
+    Every model is loaded and warmed up on one batch (its peak memory measured meanwhile), then the models take
+    turns for ``rounds`` timed passes over every test set, all with the same ``batch_size`` on the same
+    ``device`` (default: ``decode.default_device``; on a GPU a model waits on the CPU between its turns).
+    Interleaving spreads whatever else the machine does over all models alike. Returns ``(results,
+    predictions)``:
 
     * ``results``: one row per (test set, model): status (``ok`` or the error), params, layers, size,
-      CER/WER/MER/exact match in percent, RTFx, ``speed_up`` (RTFx over the ``reference`` model's, by
-      default the fine-tuned teacher, else the first model), encoder and decoder seconds, decoder steps
-      per second, peak memory;
-    * ``predictions``: one row per (test set, model, utterance) with the reference, the prediction and
-      the utterance's CER/WER/MER.
+      CER/WER/MER/exact match in percent, the timing of the median round (``compute_s``, ``rtfx``, encoder and
+      decoder seconds, decoder steps per second) with ``compute_s_min``/``compute_s_max`` over the rounds, and
+      peak memory; :mod:`helpers.report` adds intervals and speed-ups;
+    * ``predictions``: one row per (test set, model, utterance): reference, prediction, the utterance's
+      CER/WER/MER and its character ``errors`` and reference length ``n_ref`` (for bootstrap intervals).
 
-    A model that fails (missing folder, broken checkpoint, out of memory) gets a row with its error and
-    the loop goes on.
+    A model that fails (missing folder, broken checkpoint, out of memory) gets a row with its error and the
+    others go on.
     """
     from tqdm.auto import tqdm
 
@@ -163,56 +174,62 @@ def evaluate_models(model_paths: dict[str, str], test_sets: dict[str, pd.DataFra
             raise ValueError(f"test set {name!r} has no rows")
     auto_device, auto_dtype = default_device()
     device, dtype = torch.device(device or auto_device), dtype or auto_dtype
-    results, predictions = [], []
-    bar = tqdm(total=len(model_paths) * len(test_sets), desc="evaluating", unit="run", disable=not progress)
+    kwargs = dict(max_new_tokens=max_new_tokens, progress=False, shard=False)
+    loaded, failed, facts, memory = {}, {}, {}, {}
+    bar = tqdm(total=len(model_paths) * (1 + rounds), desc="evaluating", unit="pass", disable=not progress)
     for name, path in model_paths.items():
-        loaded, facts, done = None, {}, 0
         try:
             with PeakMemory(device) as mem:
-                loaded = load_whisper(path, dtype=dtype, device=device)
-                facts = model_facts(loaded)
-                runs = []
-                for set_name, rows in test_sets.items():
-                    bar.set_postfix_str(f"{name} on {set_name}")
-                    runs.append((set_name, rows, *timed_transcribe(loaded.model, loaded.processor, rows, batch_size,
-                                                                   rounds, warmup, max_new_tokens)))
-                    bar.update(1)
-                    done += 1
-            for set_name, rows, preds, stats in runs:
-                refs = rows["text"].tolist()
-                results.append({"test_set": set_name, "model": name, "path": str(path), "status": "ok", **facts,
-                                "utterances": len(rows), **text.score(refs, preds, fold), **stats,
-                                "peak_memory_MB": mem.peak_mb})
-                utt = pd.DataFrame(text.utterance_scores(refs, preds, fold=fold))[["cer", "wer", "mer"]]
-                predictions.append(pd.concat([pd.DataFrame({
-                    "test_set": set_name, "model": name, "audio": rows["audio"].to_numpy(),
-                    "duration": rows["duration"].to_numpy(), "reference": refs, "prediction": preds}), utt], axis=1))
+                model = load_whisper(path, dtype=dtype, device=device)
+                for rows in test_sets.values():  # warm-up: one full batch (the peak of a real pass)
+                    transcribe(model.model, model.processor, rows.head(batch_size), batch_size, **kwargs)
+            facts[name], memory[name], loaded[name] = model_facts(model), mem.peak_mb, _park(model, device)
         except Exception as err:  # noqa: BLE001 (one failing model must not lose the others' results)
-            message = f"{type(err).__name__}: {err}".splitlines()[0]
-            results += [{"test_set": set_name, "model": name, "path": str(path), "status": message, **facts}
-                        for set_name in test_sets]
-            bar.update(len(test_sets) - done)
+            failed[name] = f"{type(err).__name__}: {err}".splitlines()[0]
             if progress:
-                print(f"{name}: failed ({message})")
-        finally:
-            del loaded
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+                print(f"{name}: failed ({failed[name]})")
+        bar.update(1)
+    timings = {(name, s): [] for name in loaded for s in test_sets}
+    predictions = {}
+    for _ in range(rounds):
+        for name, model in loaded.items():
+            model.model.to(device)
+            for set_name, rows in test_sets.items():
+                bar.set_postfix_str(f"{name} on {set_name}")
+                preds, stats = transcribe(model.model, model.processor, rows, batch_size, **kwargs)
+                predictions.setdefault((name, set_name), preds)  # greedy: every round gives the same text
+                timings[(name, set_name)].append(stats)
+            _park(model, device)
+            bar.update(1)
     bar.close()
+    results, utterances = [], []
+    for name, path in model_paths.items():
+        for set_name, rows in test_sets.items():
+            if name in failed:
+                results.append({"test_set": set_name, "model": name, "path": str(path), "status": failed[name]})
+                continue
+            preds, refs = predictions[(name, set_name)], rows["text"].tolist()
+            rounds_s = [t["compute_s"] for t in timings[(name, set_name)]]
+            median = sorted(timings[(name, set_name)], key=lambda t: t["compute_s"])[(len(rounds_s) - 1) // 2]
+            results.append({"test_set": set_name, "model": name, "path": str(path), "status": "ok", **facts[name],
+                            "utterances": len(rows), **text.score(refs, preds, fold), **median,
+                            "compute_s_min": min(rounds_s), "compute_s_max": max(rounds_s), "rounds": len(rounds_s),
+                            "peak_memory_MB": memory[name]})
+            utt = pd.DataFrame(text.utterance_scores(refs, preds, fold=fold))
+            utt["errors"] = utt["char_sub"] + utt["char_del"] + utt["char_ins"]
+            utterances.append(pd.concat([pd.DataFrame({
+                "test_set": set_name, "model": name, "audio": rows["audio"].to_numpy(),
+                "duration": rows["duration"].to_numpy(), "reference": refs, "prediction": preds}),
+                utt[["cer", "wer", "mer", "errors"]].assign(n_ref=utt["char_n_ref"])], axis=1))
+    del loaded
+    gc.collect()
     table = pd.DataFrame(results)
-    table["speed_up"] = float("nan")
     ok = table["status"] == "ok"
-    reference = reference or next((m for m in TEACHERS if m in set(table.loc[ok, "model"])),
-                                  table.loc[ok, "model"].iloc[0] if ok.any() else None)
-    for set_name in test_sets:
-        ref = table[ok & (table["test_set"] == set_name) & (table["model"] == reference)]
-        if len(ref):
-            rows = ok & (table["test_set"] == set_name)
-            table.loc[rows, "speed_up"] = table.loc[rows, "rtfx"] / float(ref["rtfx"].iloc[0])
-    table.attrs["reference"] = reference
-    preds = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(
-        columns=["test_set", "model", "audio", "duration", "reference", "prediction", "cer", "wer", "mer"])
+    table.attrs["reference"] = reference or next((m for m in TEACHERS if m in set(table.loc[ok, "model"])),
+                                                 table.loc[ok, "model"].iloc[0] if ok.any() else None)
+    preds = pd.concat(utterances, ignore_index=True) if utterances else pd.DataFrame(
+        columns=["test_set", "model", "audio", "duration", "reference", "prediction", "cer", "wer", "mer",
+                 "errors", "n_ref"])
     return table, preds
 
 
@@ -227,63 +244,3 @@ def save_results(out_dir: str | Path, results: pd.DataFrame, predictions: pd.Dat
     write_json(out_dir / "results.json", {"reference": results.attrs.get("reference"), "results": records,
                                           **(extra or {})})
     return out_dir
-
-
-def comparison_table(results: pd.DataFrame, test_set: str | None = None) -> pd.DataFrame:
-    """The table to read first, one row per model: size, accuracy, speed and speed-up, rounded."""
-    rows = results if test_set is None else results[results["test_set"] == test_set]
-    columns = {"params_M": "params (M)", "encoder_layers": "enc", "decoder_layers": "dec", "size_MB": "size (MB)",
-               "cer": "CER %", "wer": "WER %", "mer": "MER %", "rtfx": "RTFx", "speed_up": "speed-up",
-               "decoder_steps_per_s": "dec steps/s", "peak_memory_MB": "peak mem (MB)", "status": "status"}
-    present = [c for c in columns if c in rows]
-    table = rows.set_index(["test_set", "model"] if test_set is None else "model")[present].rename(columns=columns)
-    return table.round({"params (M)": 2, "size (MB)": 1, "CER %": 1, "WER %": 1, "MER %": 1, "RTFx": 1,
-                        "speed-up": 2, "dec steps/s": 0, "peak mem (MB)": 0})
-
-
-def worst_utterances(predictions: pd.DataFrame, model: str, n: int = 5, test_set: str | None = None) -> pd.DataFrame:
-    """The ``n`` utterances with the highest CER for ``model`` (ties: the longest reference first)."""
-    rows = predictions[predictions["model"] == model]
-    if test_set is not None:
-        rows = rows[rows["test_set"] == test_set]
-    if rows.empty:
-        raise ValueError(f"no predictions for model {model!r}; models: {sorted(predictions['model'].unique())}")
-    return rows.assign(_len=rows["reference"].str.len()).sort_values(["cer", "_len"], ascending=False).drop(
-        columns="_len").head(n)
-
-
-def best_student(results: pd.DataFrame, test_set: str) -> str | None:
-    """The student to show and ship: of the trained students (distilled, AdaLoRA) that ran on ``test_set``, the
-    one with the lowest CER; the student before KD only when no trained one ran; None when no student ran."""
-    ok = results[(results["status"] == "ok") & (results["test_set"] == test_set)].set_index("model")
-    students = [m for m in STUDENTS if m in ok.index and m != "student before KD"] or \
-               [m for m in STUDENTS if m in ok.index]
-    return min(students, key=lambda m: ok.loc[m, "cer"]) if students else None
-
-
-def reference_teacher(results: pd.DataFrame, test_set: str) -> str | None:
-    """The teacher the students are compared with: the fine-tuned teacher, else the base teacher."""
-    ok = results[(results["status"] == "ok") & (results["test_set"] == test_set)]
-    return next((m for m in TEACHERS if m in set(ok["model"])), None)
-
-
-def conclusion(results: pd.DataFrame, test_set: str, teacher: str | None = None, student: str | None = None) -> str:
-    """A few sentences computed from the results: how much smaller and faster the best student
-    (:func:`best_student`) is than the teacher, and at what cost in CER."""
-    ok = results[(results["status"] == "ok") & (results["test_set"] == test_set)].set_index("model")
-    teacher = teacher or reference_teacher(results, test_set)
-    student = student or best_student(results, test_set)
-    if teacher is None or student is None:
-        return f"On {test_set}: not enough stages to compare (found {list(ok.index)})."
-    t, s = ok.loc[teacher], ok.loc[student]
-    gap = s["cer"] - t["cer"]
-    verdict = ("as accurate as" if abs(gap) < 0.5 else
-               f"{gap:.1f} points less accurate than" if gap > 0 else f"{-gap:.1f} points more accurate than")
-    share, step_ratio = 100 * s["params_M"] / t["params_M"], s["decoder_steps_per_s"] / t["decoder_steps_per_s"]
-    return (f"On {test_set}, the {student} has {s['params_M']:.1f}M parameters, {share:.0f}% "
-            f"of the {teacher}'s {t['params_M']:.1f}M ({s['decoder_layers']} decoder layers instead of "
-            f"{t['decoder_layers']}). It transcribes at {s['rtfx']:.0f}x real time against {t['rtfx']:.0f}x, a "
-            f"{s['rtfx'] / t['rtfx']:.2f}x speed-up end to end ({step_ratio:.2f}x "
-            f"per decoder step), and it is {verdict} the {teacher} (CER {s['cer']:.1f}% vs {t['cer']:.1f}%). "
-            f"The encoder, which both run in full, takes {100 * t['encoder_s'] / t['compute_s']:.0f}% of the "
-            f"{teacher}'s compute here: a shorter decoder can only save on the rest.")

@@ -1,4 +1,4 @@
-"""Notebook 02 as one call and one command: fine-tune the teacher, score it before and after, save it.
+"""Notebook 02 as one call and one command: fine-tune the teacher on validation's advice, score it, save it.
 
     python -m helpers.finetune --run-dir runs/tiny
     accelerate launch --multi_gpu --num_processes 4 -m helpers.finetune --profile full -f params.yaml
@@ -19,38 +19,42 @@ from .text import score
 
 
 def run_phase(p) -> dict | None:
-    """Notebook 02 for its parameters ``p``: fine-tune ``p.base_model`` on ``run_dir/data/train.jsonl``,
-    score it on ``run_dir/data/test.jsonl`` before and after, and save it (LoRA merged) to
-    ``run_dir/teacher`` with ``metrics.json``, ``history.json`` and ``test_predictions.csv`` (reference,
-    before, after). Returns the metrics in the main process; the other processes of a launched run (which
-    train and score their share) return None.
+    """Notebook 02 for its parameters ``p``: fine-tune ``p.base_model`` on ``run_dir/data/train.jsonl``, with every
+    training decision (evaluation curve, early stopping, best checkpoint) taken on ``valid.jsonl``; once training
+    has ended, score the fine-tuned teacher on ``test.jsonl`` (once), and save it (LoRA merged) to
+    ``run_dir/teacher`` with ``metrics.json`` (validation CER before and after, test CER after),
+    ``history.json`` and ``test_predictions.csv``. Returns the metrics in the main process; the other processes of
+    a launched run (which train and score their share) return None.
     """
     run = RunDir(p.run_dir)
-    train_rows, test_rows = load_manifest(run.data, "train"), load_manifest(run.data, "test")
-    teacher = models.load_whisper(p.base_model, language=p.language, task=p.task)
-    refs = test_rows["text"].tolist()
-    before_predictions, _ = transcribe(teacher.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
-                                       desc="test, before", progress=p.live_plot)
-    before = score(refs, before_predictions)
+    train_rows, valid_rows = load_manifest(run.data, "train"), load_manifest(run.data, "valid")
+    teacher = models.load_whisper(p.base_model, language=p.language, task=p.task, dtype=train.base_dtype(p))
+    valid_refs = valid_rows["text"].tolist()
+    valid_before = score(valid_refs, transcribe(teacher.model, teacher.processor, valid_rows,
+                                                p.per_device_eval_batch_size, desc="validation, before",
+                                                progress=p.live_plot)[0])
     teacher = train.prepare_model(teacher, p)
-    out_dir = run.teacher
     trainer, history = train.finetune(p, teacher, to_dataset(train_rows, teacher.processor),
-                                      to_dataset(test_rows, teacher.processor), out_dir, live=p.live_plot)
-    after_predictions, _ = transcribe(trainer.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
-                                      desc="test, after", progress=p.live_plot)
-    after = score(refs, after_predictions)
+                                      to_dataset(valid_rows, teacher.processor), run.teacher, live=p.live_plot)
+    best = [r["eval_cer"] for r in history if "eval_cer" in r]
+    test_rows = load_manifest(run.data, "test")  # training has ended: the test set is scored once
+    test_predictions, _ = transcribe(trainer.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
+                                     desc="test", progress=p.live_plot)
+    test = score(test_rows["text"].tolist(), test_predictions)
     if not trainer.is_world_process_zero():
         return None
-    metrics = {"base_model": teacher.source, "cer_before": before["cer"], "cer_after": after["cer"],
-               "exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
-               "steps": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
+    metrics = {"base_model": teacher.source, "valid_cer_before": valid_before["cer"],
+               "valid_cer_after": min(best) if best else None, "test_cer": test["cer"],
+               "test_exact_match": test["exact_match"], "valid_utterances": len(valid_rows),
+               "test_utterances": len(test_rows), "steps": trainer.state.global_step,
+               "best_checkpoint": shown(best_dir) if (best_dir := trainer.state.best_model_checkpoint) else None,
                "train_seconds": round(history[-1]["time_s"], 1) if history else None,
                "processes": trainer.accelerator.num_processes}
-    train.save_finetuned(teacher, p, out_dir, metrics)
-    pd.DataFrame({"reference": refs, "before": before_predictions, "after": after_predictions}).to_csv(
-        out_dir / "test_predictions.csv", index=False)
-    print(f"teacher: test CER {before['cer']:.1f}% before -> {after['cer']:.1f}% after fine-tuning "
-          f"({metrics['processes']} process(es)) -> {shown(out_dir)}")
+    train.save_finetuned(teacher, p, run.teacher, metrics)
+    pd.DataFrame({"reference": test_rows["text"], "prediction": test_predictions}).to_csv(
+        run.teacher / "test_predictions.csv", index=False)
+    print(f"teacher: validation CER {valid_before['cer']:.1f}% before -> {metrics['valid_cer_after']:.1f}% after "
+          f"fine-tuning; test CER {test['cer']:.1f}% ({metrics['processes']} process(es)) -> {shown(run.teacher)}")
     return metrics
 
 

@@ -22,12 +22,13 @@ UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labe
 
 
 def read_csv(path: str | Path, audio_column: str = "file", text_column: str = "中文意譯",
-             split: str = "train", encoding: str | None = None) -> pd.DataFrame:
+             split: str = "train", encoding: str | None = None, speaker_column: str | None = None) -> pd.DataFrame:
     """Read a CSV in the reference layout (one row per recording: audio file, transcript).
 
     Encodings tried in order unless ``encoding`` is given: UTF-8 (with or without BOM), cp950, Big5-HKSCS.
     Relative audio paths are resolved against the CSV's folder. Returns manifest rows without
-    durations (see :func:`check_rows`); ``row`` holds the CSV line number (header = line 1).
+    durations (see :func:`check_rows`); ``row`` holds the CSV line number (header = line 1); with
+    ``speaker_column`` the rows carry that column as ``speaker``.
     """
     path = Path(path)
     if not path.is_file():
@@ -42,13 +43,16 @@ def read_csv(path: str | Path, audio_column: str = "file", text_column: str = "�
     else:
         raise ValueError(f"{path}: cannot decode the file as {' or '.join([encoding] if encoding else CSV_ENCODINGS)}; "
                          "save it as UTF-8, or give its encoding")
-    missing = [c for c in (audio_column, text_column) if c not in table.columns]
+    missing = [c for c in (audio_column, text_column, speaker_column) if c and c not in table.columns]
     if missing:
         raise ValueError(f"{path}: no column(s) {missing}; the file has columns {list(table.columns)}. "
-                         "Set audio_column / text_column to the right names.")
+                         "Set audio_column / text_column / speaker_column to the right names.")
     audio = [str((path.parent / a.strip()).resolve()) if a.strip() else "" for a in table[audio_column]]
-    return pd.DataFrame({"audio": audio, "text": table[text_column].str.strip(), "duration": float("nan"),
+    rows = pd.DataFrame({"audio": audio, "text": table[text_column].str.strip(), "duration": float("nan"),
                          "split": split, "source": "csv", "row": range(2, len(table) + 2)})
+    if speaker_column:
+        rows["speaker"] = table[speaker_column].str.strip().to_numpy()
+    return rows
 
 
 def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -87,16 +91,60 @@ def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.Dat
     return kept_df, skipped_df
 
 
-def holdout_split(rows: pd.DataFrame, test_fraction: float, seed: int = 0) -> pd.DataFrame:
-    """Mark a deterministic ``test_fraction`` of rows as ``test`` (when no separate test set is given)."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    test = set(order[: max(1, round(len(rows) * test_fraction))])
+def holdout_split(rows: pd.DataFrame, fractions: dict[str, float], seed: int = 0,
+                  group_column: str | None = None) -> pd.DataFrame:
+    """Move a deterministic share of the ``train`` rows to other splits, e.g. ``{"valid": 0.1, "test": 0.1}``.
+
+    Without ``group_column`` rows are drawn one by one. With it (``"speaker"``), whole groups move: every row of a
+    speaker lands in the same split, so no speaker is on both sides of a comparison; the shares are then met as
+    closely as whole groups allow (at least one group each). Rows without a group value count as groups of their
+    own. Raises ``ValueError`` when there are not enough rows or groups to leave some in ``train``.
+    """
+    for name, share in fractions.items():
+        if not 0 < share < 1:
+            raise ValueError(f"the share of rows held out for {name} must be between 0 and 1, got {share}")
     rows = rows.copy()
-    rows["split"] = ["test" if i in test else "train" for i in range(len(rows))]
+    eligible = rows.index[rows["split"] == "train"]
+    if group_column:
+        if group_column not in rows:
+            raise ValueError(f"no column {group_column!r} to group the hold-out by; columns: {list(rows.columns)}")
+        groups = rows.loc[eligible, group_column]
+        keys = [g if isinstance(g, str) and g else f"\0row{i}" for i, g in zip(eligible, groups)]
+    else:
+        keys = [f"\0row{i}" for i in eligible]
+    units: dict[str, list] = {}
+    for key, index in zip(keys, eligible):
+        units.setdefault(key, []).append(index)
+    order = sorted(units)
+    random.Random(seed).shuffle(order)
+    if len(order) <= len(fractions):
+        what = f"{group_column!r} groups" if group_column else "rows"
+        raise ValueError(f"only {len(order)} {what} in train: cannot hold out {', '.join(fractions)} and keep some "
+                         "for training; give separate files for them or more data")
+    position = 0
+    for name, share in fractions.items():
+        target, taken = round(share * len(eligible)), 0
+        while position < len(order) - 1 and (taken == 0 or taken < target):
+            members = units[order[position]]
+            rows.loc[members, "split"] = name
+            taken += len(members)
+            position += 1
     return rows
+
+
+def text_overlap(splits: dict[str, pd.DataFrame], normalize) -> dict[str, dict]:
+    """Transcripts that occur in more than one split, per pair of splits: ``{"train/test": {"texts": n,
+    "examples": [...]}}`` with ``n`` distinct texts found in both after ``normalize`` (the scoring normaliser).
+    Untranscribed splits are left out."""
+    texts = {name: {normalize(t) for t in part["text"] if isinstance(t, str) and t.strip()}
+             for name, part in splits.items()}
+    names = [n for n in splits if texts[n]]
+    overlap = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(texts[a] & texts[b])
+            overlap[f"{a}/{b}"] = {"texts": len(shared), "examples": shared[:3]}
+    return overlap
 
 
 def take(rows: pd.DataFrame, split: str, n: int | None, seed: int = 0) -> pd.DataFrame:

@@ -149,26 +149,35 @@ def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame
 
 
 def model_comparison(results: pd.DataFrame, test_set: str):
-    """Left: CER per model (bars). Middle: speed-up over the reference model (bars). Right: accuracy against
-    speed, one point per model (lower right is better: fast and accurate). From ``evaluate.evaluate_models``."""
+    """Left: test CER per model with its 95 % bootstrap interval. Middle: speed-up over the reference model, the
+    whisker spanning what the timing rounds allow. Right: accuracy against speed, one point per model (lower
+    right is better). From ``report.add_comparisons``."""
     rows = results[(results["test_set"] == test_set) & (results["status"] == "ok")]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     names = rows["model"].tolist()
     colors = [f"C{i}" for i in range(len(names))]
-    for ax, column, label in ((axes[0], "cer", "CER (%), lower is better"),
-                              (axes[1], "speed_up", f"speed-up over the {results.attrs.get('reference', 'reference')}"),
-                              ):
-        bars = ax.bar(range(len(names)), rows[column], color=colors)
-        ax.bar_label(bars, fmt="%.1f" if column == "cer" else "%.2fx", fontsize=8)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
-        ax.set(title=label)
+    x = range(len(names))
+
+    def whiskers(low, high, mid):
+        return [(mid - rows[low]).clip(lower=0).to_numpy(), (rows[high] - mid).clip(lower=0).to_numpy()]
+
+    bars = axes[0].bar(x, rows["cer"], color=colors, yerr=whiskers("cer_low", "cer_high", rows["cer"]), capsize=4)
+    axes[0].bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    axes[0].set(title="test CER (%) with 95% interval, lower is better")
+    bars = axes[1].bar(x, rows["speed_up"], color=colors, capsize=4,
+                       yerr=whiskers("speed_up_low", "speed_up_high", rows["speed_up"]))
+    axes[1].bar_label(bars, fmt="%.2fx", fontsize=8, padding=2)
     axes[1].axhline(1, color="grey", lw=1, ls=":")
+    axes[1].set(title=f"speed-up over the {results.attrs.get('reference', 'reference')} (rounds' range)")
+    for ax in axes[:2]:
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
     for (_, r), color in zip(rows.iterrows(), colors):
-        axes[2].scatter(r["rtfx"], r["cer"], s=40 + 30 * r["params_M"] / rows["params_M"].max() * 4, color=color,
-                        label=f"{r['model']} ({r['params_M']:.1f}M)")
+        axes[2].errorbar(r["rtfx"], r["cer"], yerr=[[r["cer"] - r["cer_low"]], [r["cer_high"] - r["cer"]]],
+                         xerr=[[r["rtfx"] - r["rtfx_low"]], [r["rtfx_high"] - r["rtfx"]]], fmt="o", color=color,
+                         capsize=3, label=f"{r['model']} ({r['params_M']:.1f}M)")
     axes[2].set(xlabel="RTFx (audio s per compute s), higher is faster", ylabel="CER (%)",
-                title="accuracy against speed (size: parameters)")
+                title="accuracy against speed")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     return fig

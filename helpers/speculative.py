@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .decode import timed_transcribe
+from .decode import transcribe
 from .evaluate import STUDENTS, TEACHERS
 from .models import check_compatible, decoder_only, load_whisper, same_encoder
+from .stats import overlap, spread
 from .text import score
 
 
@@ -55,32 +56,46 @@ def pick_speculative_pair(model_paths: dict[str, str], speculative) -> tuple[str
     return teacher, assistant
 
 
-def speculative_check(teacher, student, manifest: pd.DataFrame, rounds: int = 1, warmup: int = 2,
+def speculative_check(teacher, student, manifest: pd.DataFrame, rounds: int = 3, warmup: int = 2,
                       max_new_tokens: int | None = None, fold: str | None = "t2s") -> tuple[dict, pd.DataFrame]:
     """Speculative decoding against the teacher alone and the student alone, one utterance at a time.
 
-    Returns ``(summary, speed)``: ``summary`` has the assistant's kind, the number of utterances, how many
-    speculative transcripts differ from the teacher's greedy ones (expected 0), the indices of those, and
-    the speed-up; ``speed`` is one row per way of decoding (teacher greedy, speculative, student greedy)
-    with RTFx, wall seconds and CER, all at batch size 1 on the same clips.
+    The three ways of decoding take turns for ``rounds`` timed passes over the same clips (after ``warmup``
+    untimed utterances each); the median round counts and the range of the rounds is kept. Returns ``(summary,
+    speed)``: ``summary`` has the assistant's kind, the number of utterances, how many speculative transcripts
+    differ from the teacher's greedy ones (expected 0) and which, the speed-up of the median rounds, its range and
+    a verdict ("faster", "slower" or "within timing noise" when the rounds of the two overlap); ``speed`` is one
+    row per way of decoding with RTFx, median seconds, the seconds' range, CER and speed-up.
     """
     assistant, how = make_assistant(teacher, student)
     refs = manifest["text"].tolist()
-    runs = {}
-    for name, model, processor, helper in (("teacher alone", teacher.model, teacher.processor, None),
-                                           ("teacher + student (speculative)", teacher.model, teacher.processor,
-                                            assistant),
-                                           ("student alone", student.model, student.processor, None)):
-        preds, stats = timed_transcribe(model, processor, manifest, 1, rounds, warmup, max_new_tokens, helper)
-        runs[name] = (preds, stats)
-    greedy, spec = runs["teacher alone"][0], runs["teacher + student (speculative)"][0]
+    ways = {"teacher alone": (teacher.model, teacher.processor, None),
+            "teacher + student (speculative)": (teacher.model, teacher.processor, assistant),
+            "student alone": (student.model, student.processor, None)}
+    kwargs = dict(max_new_tokens=max_new_tokens, progress=False, shard=False)
+    for model, processor, helper in ways.values() if warmup else ():
+        transcribe(model, processor, manifest.head(warmup), 1, assistant_model=helper, **kwargs)
+    texts, seconds = {}, {name: [] for name in ways}
+    for _ in range(max(1, rounds)):
+        for name, (model, processor, helper) in ways.items():
+            preds, stats = transcribe(model, processor, manifest, 1, assistant_model=helper, **kwargs)
+            texts.setdefault(name, preds)
+            seconds[name].append(stats["compute_s"])
+    audio_s = float(manifest["duration"].sum())
+    spreads = {name: spread(values) for name, values in seconds.items()}
+    speed = pd.DataFrame({name: {"RTFx": audio_s / spreads[name]["median"], "seconds": spreads[name]["median"],
+                                 "seconds min": spreads[name]["min"], "seconds max": spreads[name]["max"],
+                                 "CER %": score(refs, texts[name], fold)["cer"]} for name in ways}).T
+    speed["speed-up"] = speed.loc["teacher alone", "seconds"] / speed["seconds"]
+    greedy, spec = texts["teacher alone"], texts["teacher + student (speculative)"]
     differ = [i for i, (a, b) in enumerate(zip(greedy, spec)) if a != b]
-    speed = pd.DataFrame({name: {"RTFx": s["rtfx"], "seconds": s["compute_s"], "CER %": score(refs, p, fold)["cer"]}
-                          for name, (p, s) in runs.items()}).T
-    speed["speed-up"] = speed["RTFx"] / speed.loc["teacher alone", "RTFx"]
+    alone, both = spreads["teacher alone"], spreads["teacher + student (speculative)"]
     summary = {"assistant": how, "utterances": len(manifest), "differ": len(differ),
-               "differing_rows": [int(i) for i in differ],
+               "differing_rows": [int(i) for i in differ], "rounds": max(1, rounds),
                "speed_up": float(speed.loc["teacher + student (speculative)", "speed-up"]),
+               "speed_up_low": alone["min"] / both["max"], "speed_up_high": alone["max"] / both["min"],
+               "speed_verdict": "within timing noise" if overlap(alone, both) else
+               "faster" if both["median"] < alone["median"] else "slower",
                "speed": speed.round(4).to_dict("index")}
     return summary, speed
 

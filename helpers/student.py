@@ -145,7 +145,7 @@ def encoder_outputs_equal(teacher_model, student_model, input_features: torch.Te
 def run_phase(p) -> dict:
     """Notebook 04 for its parameters ``p``: cut the student from ``p.teacher`` (default ``run_dir/teacher``) or
     ``p.student_source``, check on real clips that its encoder gives the teacher's outputs bit for bit, compare
-    both models' accuracy and speed on the same clips side by side, and save the student to
+    both models' accuracy and speed on the same validation clips side by side, and save the student to
     ``run_dir/student_init`` with ``layer_map.json`` and ``metrics.json``. Returns the metrics:
     ``layer_map``, ``encoder_equal``, ``sizes`` (millions of parameters per part, per model) and ``comparison``
     (per model: CER, WER, MER, exact match, RTFx, decoder steps, ms per step, speed-ups).
@@ -153,7 +153,7 @@ def run_phase(p) -> dict:
     run = RunDir(p.run_dir)
     teacher = models.load_whisper(p.teacher or run.teacher)
     student, maps = make_student(teacher, p.student_source, p.decoder_layers, p.encoder_layers)
-    rows = load_manifest(run.data, "test")
+    rows = load_manifest(run.data, "valid")  # the test set is kept for the end (notebook 07)
     fe = teacher.feature_extractor
     features = log_mel(fe, [read_row(r, fe.sampling_rate) for r in rows.head(4).to_dict("records")])
     same = encoder_outputs_equal(teacher.model, student.model, features)

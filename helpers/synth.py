@@ -228,8 +228,15 @@ class Espeak:
 # ---------------------------------------------------------------------------------------------
 # Speakers, noise, corpus
 # ---------------------------------------------------------------------------------------------
-VOICES = [f"cmn+f{i}" for i in range(1, 6)] + [f"cmn+m{i}" for i in range(1, 8)]
-NOISE_KINDS = ("white", "pink", "brown", "hum")
+NOISE_KINDS = ("white", "pink", "brown", "hum", "blue", "crackle")
+
+# Who speaks in which split, and in what noise: each split's voices and noise kinds are its own, so validation
+# and test both measure generalisation to unheard voices and noises. (The tiny teacher was pretrained on clean
+# speech of f1-f3, m1-m3 and m8: the validation voices are new to the course, not to that teacher.)
+SPLIT_VOICES = {"train": ("cmn+f3", "cmn+f4", "cmn+m3", "cmn+m4", "cmn+m5"),
+                "valid": ("cmn+f2", "cmn+m2", "cmn+m8"),
+                "test": ("cmn+f5", "cmn+m6", "cmn+m7")}
+SPLIT_NOISES = {"train": ("white", "brown"), "valid": ("blue", "crackle"), "test": ("pink", "hum")}
 
 
 @dataclass(frozen=True)
@@ -249,15 +256,20 @@ def make_speakers(voices: list[str], per_voice: int, rng: random.Random, prefix:
 
 
 def make_noise(kind: str, n: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Unit-RMS noise of ``n`` samples: white, pink (1/f), brown (1/f^2) or mains hum (60 Hz + harmonics)."""
-    if kind == "hum":
+    """Unit-RMS noise of ``n`` samples: white, pink (power 1/f), brown (1/f^2), blue (rising as f), mains hum
+    (60 Hz + harmonics) or crackle (sparse clicks over a faint hiss, like a loose cable)."""
+    if kind == "crackle":
+        sig = 0.2 * rng.standard_normal(n)
+        clicks = rng.random(n) < 150 / sample_rate  # about 150 clicks a second, like static on a line
+        sig[clicks] += rng.choice([-1.0, 1.0], clicks.sum()) * rng.uniform(0.5, 1.0, clicks.sum()) * 8
+    elif kind == "hum":
         t = np.arange(n) / sample_rate
         sig = sum(np.sin(2 * np.pi * 60 * h * t + rng.uniform(0, 2 * np.pi)) / h for h in (1, 2, 3, 5))
         sig = sig + 0.1 * rng.standard_normal(n)
-    elif kind in ("white", "pink", "brown"):
+    elif kind in ("white", "pink", "brown", "blue"):
         spectrum = np.fft.rfft(rng.standard_normal(n))
         freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
-        spectrum *= {"white": 1.0, "pink": freqs ** -0.5, "brown": freqs ** -1.0}[kind]
+        spectrum *= {"white": 1.0, "pink": freqs ** -0.5, "brown": freqs ** -1.0, "blue": freqs ** 0.5}[kind]
         sig = np.fft.irfft(spectrum, n)
     else:
         raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
@@ -284,23 +296,30 @@ class SplitSpec:
     register: str = "mixed"
 
 
-def default_splits(num_train: int, num_test: int, seed: int = 0, num_unlabelled: int = 0) -> list[SplitSpec]:
-    """The course corpus: the test split's speakers (voices f5, m6, m7) and noises (pink, hum) never occur in train.
+def default_splits(num_train: int, num_test: int, seed: int = 0, num_unlabelled: int = 0,
+                   num_valid: int = 0) -> list[SplitSpec]:
+    """The course corpus: train, valid and test each have their own voices and noise kinds
+    (:data:`SPLIT_VOICES`, :data:`SPLIT_NOISES`), so no speaker or noise is shared between them.
 
-    ``num_unlabelled`` > 0 adds an ``unlabelled`` split: other sentences from the *training* speakers and noises
-    (the untranscribed recordings a user has in plenty), never the test ones. The train and test splits do not
-    change with it (each split draws from its own seed).
+    ``num_valid`` > 0 adds the ``valid`` split, on which every training decision is taken. ``num_unlabelled`` > 0
+    adds an ``unlabelled`` split: other sentences from the *training* speakers and noises (the untranscribed
+    recordings a user has in plenty), never the valid or test ones. Each split draws from its own seed, so adding
+    one does not change the others.
     """
-    if num_unlabelled < 0:
-        raise ValueError(f"num_unlabelled must be 0 or more, got {num_unlabelled}")
+    for name, n in (("num_train", num_train), ("num_test", num_test), ("num_valid", num_valid),
+                    ("num_unlabelled", num_unlabelled)):
+        if n < 0:
+            raise ValueError(f"{name} must be 0 or more, got {n}")
     rng = random.Random(f"speakers-{seed}")
-    train_voices = ["cmn+f3", "cmn+f4", "cmn+m3", "cmn+m4", "cmn+m5"]
-    test_voices = ["cmn+f5", "cmn+m6", "cmn+m7"]
-    train_speakers, train_noises = make_speakers(train_voices, 3, rng, "tr"), ("white", "brown")
-    splits = [SplitSpec("train", num_train, train_speakers, train_noises),
-              SplitSpec("test", num_test, make_speakers(test_voices, 2, rng, "te"), ("pink", "hum"))]
+    train_speakers = make_speakers(list(SPLIT_VOICES["train"]), 3, rng, "tr")
+    test_speakers = make_speakers(list(SPLIT_VOICES["test"]), 2, rng, "te")
+    splits = [SplitSpec("train", num_train, train_speakers, SPLIT_NOISES["train"]),
+              SplitSpec("test", num_test, test_speakers, SPLIT_NOISES["test"])]
+    if num_valid:
+        valid_speakers = make_speakers(list(SPLIT_VOICES["valid"]), 2, random.Random(f"valid-speakers-{seed}"), "va")
+        splits.append(SplitSpec("valid", num_valid, valid_speakers, SPLIT_NOISES["valid"]))
     if num_unlabelled:
-        splits.append(SplitSpec("unlabelled", num_unlabelled, train_speakers, train_noises))
+        splits.append(SplitSpec("unlabelled", num_unlabelled, train_speakers, SPLIT_NOISES["train"]))
     return splits
 
 

@@ -25,6 +25,19 @@ from .plots import training_curves
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
+def base_dtype(p) -> torch.dtype:
+    """The dtype to load a model for training in: fp32 for full fine-tuning (the optimizer keeps fp32 master
+    weights; autocast computes in half precision); with LoRA on a CUDA GPU the frozen base in fp16 or bf16
+    (``p.fp16`` / ``p.bf16``), which halves its memory (bench/tensor_memory.py: at the Breeze-ASR-25 shape LoRA +
+    checkpointing needs 8.6 GB of tensors on an fp32 base, 5.0 GB on an fp16 one)."""
+    if getattr(p, "use_lora", False) and torch.cuda.is_available():
+        if p.fp16:
+            return torch.float16
+        if p.bf16:
+            return torch.bfloat16
+    return torch.float32
+
+
 def prepare_model(loaded, p):
     """Apply the memory options to a loaded teacher: LoRA adapters on a frozen base, gradient checkpointing."""
     model = loaded.model

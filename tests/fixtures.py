@@ -4,7 +4,7 @@ Import the fixtures into a test module (``from tests.fixtures import synthetic_r
 pytest registers an imported fixture once per module, so the work itself is cached here in
 ``_CACHE`` to happen only once per session, whichever module asks first.
 
-* ``synthetic_run``  - notebook 01's data phase on the synthetic corpus at a tiny size (6 train /
+* ``synthetic_run``  - notebook 01's data phase on the synthetic corpus at a tiny size (6 train / 3 valid /
   3 test / 2 unlabelled clips, ~6 s of espeak synthesis), via ``config.resolve`` and ``data.prepare``.
 * ``tiny_whisper``   - a byte-level BPE tokenizer (vocab 300 + the 10 Whisper specials) trained on
   200 grammar sentences and a random 1+1-layer Whisper of width 64 with its processor.
@@ -21,7 +21,7 @@ import soundfile as sf
 
 _CACHE: dict = {}
 
-SYNTHETIC_SIZES = {"num_train": 6, "num_test": 3, "num_unlabelled": 2}
+SYNTHETIC_SIZES = {"num_train": 6, "num_valid": 3, "num_test": 3, "num_unlabelled": 2}
 
 
 def write_tone(path: str | Path, seconds: float, sample_rate: int = 16_000, channels: int = 1,

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_tiny_profile_is_the_offline_cpu_default():
     d = config.defaults("01_data")
-    assert (d["profile"], d["run_dir"], d["source"], d["num_train"], d["num_test"]) == (
-        "tiny", "runs/tiny", "synthetic", 600, 100)
+    assert (d["profile"], d["run_dir"], d["source"], d["num_train"], d["num_valid"], d["num_test"]) == (
+        "tiny", "runs/tiny", "synthetic", 600, 100, 200)
     assert d["max_duration_s"] == 5.0
 
 
@@ -173,7 +173,7 @@ def test_dataloader_workers_is_zero_on_spawn_platforms_and_at_most_two_elsewhere
     ("max_steps", 2.5, "an integer >= 1, got 2.5 (float)"),
     ("max_steps", True, "an integer >= 1, got True (bool)"),          # a bool is not a count
     ("learning_rate", 0, "a number > 0, got 0 (int)"),
-    ("test_fraction", 1.0, "a number > 0 and <= 0.9, got 1.0"),
+    ("test_fraction", 1.0, "a number > 0 and <= 0.5, got 1.0"),
     ("fp16", "yes", "True or False, got 'yes' (str)"),
     ("source", "youtube", "one of 'synthetic', 'csv', 'hub', got 'youtube'"),
     ("models", ["a"], "a mapping {name: value} (or None), got ['a'] (list)"),

@@ -263,34 +263,60 @@ def ten_rows():
                          "split": "train"})
 
 
-def test_holdout_split_marks_the_requested_fraction_as_test():
-    split = manifest.holdout_split(ten_rows(), 0.3)
-    assert (split["split"] == "test").sum() == 3  # round(10 * 0.3)
-    assert (split["split"] == "train").sum() == 7
+def test_holdout_split_marks_the_requested_fractions():
+    split = manifest.holdout_split(ten_rows(), {"valid": 0.2, "test": 0.3})
+    assert split["split"].value_counts().to_dict() == {"train": 5, "test": 3, "valid": 2}  # round(10 x share)
 
 
 def test_holdout_split_holds_out_at_least_one_row():
-    # round(10 * 0.01) = 0, raised to 1 so the test split is never empty
-    assert (manifest.holdout_split(ten_rows(), 0.01)["split"] == "test").sum() == 1
+    # round(10 * 0.01) = 0, raised to 1 so the split is never empty
+    assert (manifest.holdout_split(ten_rows(), {"test": 0.01})["split"] == "test").sum() == 1
 
 
 def test_holdout_split_is_deterministic_for_a_seed_and_varies_with_it():
-    first = manifest.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist()
-    assert manifest.holdout_split(ten_rows(), 0.3, seed=0)["split"].tolist() == first
-    others = {tuple(manifest.holdout_split(ten_rows(), 0.3, seed=s)["split"]) for s in range(1, 6)}
+    first = manifest.holdout_split(ten_rows(), {"test": 0.3}, seed=0)["split"].tolist()
+    assert manifest.holdout_split(ten_rows(), {"test": 0.3}, seed=0)["split"].tolist() == first
+    others = {tuple(manifest.holdout_split(ten_rows(), {"test": 0.3}, seed=s)["split"]) for s in range(1, 6)}
     assert others != {tuple(first)}
 
 
 def test_holdout_split_leaves_its_input_unchanged():
     rows = ten_rows()
-    manifest.holdout_split(rows, 0.5)
+    manifest.holdout_split(rows, {"test": 0.5})
     assert rows["split"].tolist() == ["train"] * 10
 
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
 def test_holdout_split_rejects_a_fraction_outside_0_to_1(fraction):
-    with pytest.raises(ValueError, match="test_fraction"):
-        manifest.holdout_split(ten_rows(), fraction)
+    with pytest.raises(ValueError, match="share of rows held out for test must be between 0 and 1"):
+        manifest.holdout_split(ten_rows(), {"test": fraction})
+
+
+def speakers_rows():
+    """12 rows of 4 speakers (a: 6 rows, b: 3, c: 2, d: 1)."""
+    rows = pd.DataFrame({"audio": [f"/{i}.wav" for i in range(12)], "text": [f"句{i}" for i in range(12)],
+                         "split": "train", "speaker": list("aaaaaabbbccd")})
+    return rows
+
+
+def test_holdout_by_speaker_never_puts_one_speaker_on_two_sides():
+    for seed in range(20):
+        split = manifest.holdout_split(speakers_rows(), {"valid": 0.1, "test": 0.1}, seed, group_column="speaker")
+        sides = split.groupby("speaker")["split"].nunique()
+        assert (sides == 1).all(), split
+        assert set(split["split"]) == {"train", "valid", "test"}  # each split got at least one speaker
+
+
+def test_holdout_by_speaker_refuses_when_no_speaker_would_be_left_for_training():
+    rows = speakers_rows()
+    rows["speaker"] = list("aaaaaabbbbbb")  # two speakers: one for valid, one for test, none for training
+    with pytest.raises(ValueError, match="only 2 'speaker' groups in train: cannot hold out valid, test"):
+        manifest.holdout_split(rows, {"valid": 0.1, "test": 0.1}, group_column="speaker")
+
+
+def test_holdout_by_speaker_needs_the_column():
+    with pytest.raises(ValueError, match="no column 'speaker' to group the hold-out by"):
+        manifest.holdout_split(ten_rows(), {"test": 0.1}, group_column="speaker")
 
 
 def both_splits():
@@ -513,31 +539,61 @@ def _tone_csv(folder: Path, name: str, n: int, first: int = 0) -> Path:
     return path
 
 
-def test_prepare_csv_without_a_test_csv_holds_out_a_test_split(tmp_path):
+def test_prepare_csv_without_valid_and_test_csvs_holds_both_out(tmp_path):
     train_csv = _tone_csv(tmp_path / "csv", "train.csv", 10)
     p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_fraction": 0.2,
-                                   "run_dir": str(tmp_path / "run")})
+                                   "valid_fraction": 0.1, "run_dir": str(tmp_path / "run")})
     result = data.prepare(p)
-    assert (len(result["train"]), len(result["test"])) == (8, 2)  # round(10 * 0.2) = 2 held out
-    texts = set(result["train"]["text"]) | set(result["test"]["text"])
+    assert (len(result["train"]), len(result["valid"]), len(result["test"])) == (7, 1, 2)  # round(10 x share)
+    texts = set(result["train"]["text"]) | set(result["valid"]["text"]) | set(result["test"]["text"])
     assert texts == {f"第{i}句" for i in range(10)}
-    assert (Path(p.run_dir) / "data" / "test.jsonl").is_file()
+    assert (Path(p.run_dir) / "data" / "valid.jsonl").is_file()
 
 
-def test_prepare_csv_with_a_test_csv_takes_the_splits_from_the_files(tmp_path):
+def test_prepare_csv_with_valid_and_test_csvs_takes_the_splits_from_the_files(tmp_path):
     train_csv = _tone_csv(tmp_path / "csv", "train.csv", 4)
+    valid_csv = _tone_csv(tmp_path / "csv", "valid.csv", 1, first=6)
     test_csv = _tone_csv(tmp_path / "csv", "test.csv", 2, first=4)
     p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_csv": str(test_csv),
-                                   "run_dir": str(tmp_path / "run")})
+                                   "valid_csv": str(valid_csv), "run_dir": str(tmp_path / "run")})
     result = data.prepare(p)
     assert result["train"]["text"].tolist() == ["第0句", "第1句", "第2句", "第3句"]
+    assert result["valid"]["text"].tolist() == ["第6句"]
     assert result["test"]["text"].tolist() == ["第4句", "第5句"]
+
+
+def test_prepare_csv_holds_out_whole_speakers_from_the_speaker_column(tmp_path):
+    folder = tmp_path / "csv"
+    lines = []
+    for i in range(12):
+        write_tone(folder / "audio" / f"s{i}.wav", 0.5, freq=200 + 20 * i)
+        lines.append(f"audio/s{i}.wav,第{i}句,{'ABCD'[i % 4]}")
+    (folder / "train.csv").write_text("file,中文意譯,說話者\n" + "\n".join(lines) + "\n", "utf-8")
+    p = config.resolve("01_data", {"source": "csv", "train_csv": str(folder / "train.csv"),
+                                   "speaker_column": "說話者", "run_dir": str(tmp_path / "run")})
+    result = data.prepare(p)
+    speakers = {name: set(result[name]["speaker"]) for name in ("train", "valid", "test")}
+    assert speakers["train"].isdisjoint(speakers["valid"] | speakers["test"])
+    assert speakers["valid"].isdisjoint(speakers["test"])
+    assert result["report"]["splits"]["valid"]["speakers"] == 1
+
+
+def test_prepare_reports_transcripts_shared_between_splits(tmp_path):
+    train_csv = _tone_csv(tmp_path / "csv", "train.csv", 3)
+    test_csv = tmp_path / "csv" / "test.csv"  # the same first sentence, written with other punctuation
+    test_csv.write_text(csv_text([("audio/c0.wav", "第0句。"), ("audio/c1.wav", "別的句子")]), "utf-8")
+    valid_csv = _tone_csv(tmp_path / "csv", "valid.csv", 1, first=2)
+    p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_csv": str(test_csv),
+                                   "valid_csv": str(valid_csv), "run_dir": str(tmp_path / "run")})
+    shared = data.prepare(p)["report"]["shared_texts"]
+    assert shared["train/test"] == {"texts": 1, "examples": ["第0句"]}
+    assert shared["train/valid"]["texts"] == 1 and shared["valid/test"]["texts"] == 0
 
 
 def test_prepare_csv_reports_the_messy_rows_it_skipped(tmp_path, messy_csv):
     test_csv = _tone_csv(tmp_path / "csv", "test.csv", 2)
     p = config.resolve("01_data", {"source": "csv", "train_csv": str(messy_csv), "test_csv": str(test_csv),
-                                   "run_dir": str(tmp_path / "run")})
+                                   "valid_csv": str(test_csv), "run_dir": str(tmp_path / "run")})
     result = data.prepare(p)
     assert len(result["train"]) == 2 and len(result["skipped"]) == 5
     assert result["report"]["skipped"]["total"] == 5
@@ -566,9 +622,11 @@ def test_prepare_stops_when_a_split_has_no_usable_rows(tmp_path):
         data.prepare(p)
 
 
-def test_prepare_hub_reads_both_splits_of_a_local_dataset_folder(tmp_path, path_dataset):
-    p = config.resolve("01_data", {"source": "hub", "hub_dataset": str(path_dataset), "run_dir": str(tmp_path / "run")})
+def test_prepare_hub_reads_the_splits_of_a_local_dataset_folder(tmp_path, path_dataset):
+    p = config.resolve("01_data", {"source": "hub", "hub_dataset": str(path_dataset), "hub_valid_split": "test",
+                                   "run_dir": str(tmp_path / "run")})
     result = data.prepare(p)
+    assert result["valid"]["text"].tolist() == ["第三句"]
     assert result["train"]["text"].tolist() == ["第一句", "第二句"]
     assert result["test"]["text"].tolist() == ["第三句"]
     assert result["test"]["duration"].tolist() == [1.5]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import decode, evaluate, models, speculative, student, text
+from helpers import decode, evaluate, files, models, report, speculative, student, text
 from helpers.config import TINY_TEACHER
 from helpers.files import write_json
 from helpers.manifest import load_manifest
@@ -144,8 +144,9 @@ def student_dir(teacher, tmp_path_factory):
 def evaluated(student_dir, test_rows):
     paths = {"fine-tuned teacher": str(TINY_TEACHER), "broken": "/no/such/model",
              "student before KD": str(student_dir)}
-    return evaluate.evaluate_models(paths, {"test": test_rows, "again": test_rows.head(2)}, batch_size=2, rounds=1,
-                                    warmup=1, progress=False, device="cpu")
+    results, predictions = evaluate.evaluate_models(paths, {"test": test_rows, "again": test_rows.head(2)},
+                                                    batch_size=2, rounds=3, progress=False, device="cpu")
+    return report.add_comparisons(results, predictions), predictions
 
 
 def test_a_failing_model_keeps_its_error_and_the_others_their_results(evaluated):
@@ -163,9 +164,25 @@ def test_results_carry_sizes_speeds_and_speed_up_over_the_teacher(evaluated):
     assert (teacher["decoder_layers"], small["decoder_layers"]) == (4, 2)
     assert small["params_M"] < teacher["params_M"]
     assert teacher["speed_up"] == 1.0
-    assert small["speed_up"] == pytest.approx(small["rtfx"] / teacher["rtfx"])
+    assert small["speed_up"] == pytest.approx(small["rtfx"] / teacher["rtfx"])  # ratio of the median rounds
+    assert small["speed_up_low"] <= small["speed_up"] <= small["speed_up_high"]
+    assert small["speed_verdict"] in ("faster", "slower", "within timing noise")
+    assert (ok["rounds"] == 3).all() and (ok["compute_s_min"] <= ok["compute_s"]).all()
+    assert (ok["compute_s"] <= ok["compute_s_max"]).all()
     assert results.attrs["reference"] == "fine-tuned teacher"
     assert (ok["peak_memory_MB"] >= 0).all() and (ok["size_MB"] > 0).all()
+
+
+def test_results_carry_a_bootstrap_interval_and_a_paired_verdict_against_the_teacher(evaluated):
+    results, predictions = evaluated
+    ok = results[results["status"] == "ok"].set_index(["model", "test_set"])
+    small = ok.loc[("student before KD", "test")]
+    assert small["cer_low"] <= small["cer"] <= small["cer_high"]
+    assert small["cer_diff"] == pytest.approx(small["cer"] - ok.loc[("fine-tuned teacher", "test"), "cer"])
+    assert small["cer_diff_low"] <= small["cer_diff"] <= small["cer_diff_high"]
+    assert small["cer_verdict"] in ("better", "worse", "within noise")
+    utt = predictions[(predictions["model"] == "student before KD") & (predictions["test_set"] == "test")]
+    assert 100 * utt["errors"].sum() / utt["n_ref"].sum() == pytest.approx(small["cer"])
 
 
 def test_predictions_have_one_row_per_model_and_utterance_with_its_scores(evaluated, test_rows):
@@ -190,20 +207,20 @@ def test_results_files_are_written_and_read_back(evaluated, tmp_path):
 
 def test_comparison_table_and_conclusion_are_computed_from_the_results(evaluated):
     results, _ = evaluated
-    table = evaluate.comparison_table(results, "test")
+    table = report.comparison_table(results, "test")
     assert list(table.index) == ["fine-tuned teacher", "broken", "student before KD"]
     assert table.loc["fine-tuned teacher", "speed-up"] == 1.0
-    text = evaluate.conclusion(results, "test")
+    text = report.conclusion(results, "test", "student before KD")
     small = results.set_index(["model", "test_set"]).loc[("student before KD", "test")]
     assert f"{small['params_M']:.1f}M parameters" in text and f"CER {small['cer']:.1f}%" in text
 
 
 def test_worst_utterances_come_highest_cer_first(evaluated):
     _, predictions = evaluated
-    worst = evaluate.worst_utterances(predictions, "student before KD", n=2, test_set="test")
+    worst = report.worst_utterances(predictions, "student before KD", n=2, test_set="test")
     assert len(worst) == 2 and worst["cer"].is_monotonic_decreasing
     with pytest.raises(ValueError, match="no predictions for model 'nobody'"):
-        evaluate.worst_utterances(predictions, "nobody")
+        report.worst_utterances(predictions, "nobody")
 
 
 def test_evaluate_models_refuses_an_empty_test_set(test_rows):
@@ -225,7 +242,7 @@ def test_peak_memory_sees_a_large_allocation():
 # ---------------------------------------------------------------------------------------------
 def test_speculative_decoding_gives_the_teachers_greedy_transcripts(teacher, student_dir, test_rows):
     small = models.load_whisper(student_dir)
-    summary, speed = speculative.speculative_check(teacher, small, test_rows, rounds=1, warmup=0)
+    summary, speed = speculative.speculative_check(teacher, small, test_rows, rounds=2, warmup=0)
     assert summary["differ"] == 0 and summary["utterances"] == len(test_rows)
     assert summary["assistant"].startswith("decoder only")  # the student's encoder is the teacher's
     assert speed.loc["teacher + student (speculative)", "CER %"] == speed.loc["teacher alone", "CER %"]
@@ -239,6 +256,7 @@ def test_an_assistant_with_its_own_encoder_runs_whole_and_is_still_exact(teacher
     assistant, how = speculative.make_assistant(teacher, small)
     assert how.startswith("whole student") and assistant is small.model
     summary, _ = speculative.speculative_check(teacher, small, test_rows.head(2), rounds=1, warmup=0)
+    assert summary["speed_verdict"] in ("faster", "slower", "within timing noise")
     assert summary["differ"] == 0
 
 
@@ -269,3 +287,17 @@ def test_pick_speculative_pair():
     assert speculative.pick_speculative_pair({"distilled student": "d"}, True) is None
     with pytest.raises(ValueError, match="names no model"):
         speculative.pick_speculative_pair(paths, "AdaLoRA student")
+
+
+def test_the_student_to_ship_is_chosen_on_validation_never_on_test(tmp_path):
+    run = files.RunDir(tmp_path)
+    # the AdaLoRA student is better on test but worse on validation: validation decides
+    files.write_json(run.metrics("student_kd"), {"student after KD": {"valid": {"cer": 30.0}, "test": {"cer": 45.0}}})
+    files.write_json(run.metrics("student_adalora"), {"valid_cer_merged": 31.0, "test_cer_merged": 40.0})
+    assert report.best_student(tmp_path) == "distilled student"
+    assert report.best_student(tmp_path, available=("AdaLoRA student", "student before KD")) == "AdaLoRA student"
+
+
+def test_without_validation_figures_the_distilled_student_is_shown(tmp_path):
+    assert report.best_student(tmp_path) == "distilled student"
+    assert report.best_student(tmp_path, available=("student before KD",)) == "student before KD"

@@ -14,9 +14,9 @@ HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 LAYERS = {
     0: {"config", "files", "audio", "text", "processes", "stats"},            # no helpers imports but these
     1: {"models", "collate", "manifest", "memory", "plots", "synth"},          # building blocks
-    2: {"decode", "encoder_cache", "train"},                                   # machinery the phases share
+    2: {"decode", "encoder_cache", "train", "sources", "longform"},            # machinery the phases share
     3: {"data", "finetune", "pseudo", "student", "distill", "adalora", "export"},  # one module per phase
-    4: {"evaluate", "speculative", "launch", "course", "lab", "widgets"},      # reports and entry points
+    4: {"evaluate", "report", "speculative", "launch", "course", "lab", "widgets"},  # reports, entry points
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 MAX_LINES = 400

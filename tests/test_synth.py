@@ -322,3 +322,32 @@ def test_write_corpus_reuses_a_finished_corpus_without_rewriting_it(small_corpus
     again = synth.write_corpus(out, splits, seed=0, progress=False)
     assert again == manifest
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+
+
+def test_train_valid_and_test_share_no_voice_and_no_noise():
+    splits = {s.name: s for s in synth.default_splits(30, 30, seed=0, num_valid=30, num_unlabelled=10)}
+    voices = {name: {spk.voice for spk in s.speakers} for name, s in splits.items()}
+    noises = {name: set(s.noises) for name, s in splits.items()}
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert voices[a].isdisjoint(voices[b]) and noises[a].isdisjoint(noises[b]), (a, b)
+    assert voices["unlabelled"] == voices["train"] and noises["unlabelled"] == noises["train"]
+
+
+def test_the_planned_corpus_keeps_each_splits_speakers_and_noises_apart():
+    plan = synth.plan_corpus(synth.default_splits(40, 40, seed=1, num_valid=40))
+    by_split = {}
+    for row in plan:
+        by_split.setdefault(row["split"], (set(), set()))
+        by_split[row["split"]][0].add(row["speaker_id"])
+        by_split[row["split"]][1].add(row["noise"])
+    speakers = {k: v[0] for k, v in by_split.items()}
+    noises = {k: v[1] - {"none"} for k, v in by_split.items()}
+    assert speakers["train"].isdisjoint(speakers["valid"]) and speakers["valid"].isdisjoint(speakers["test"])
+    assert noises["valid"] == {"blue", "crackle"} and noises["test"] == {"pink", "hum"}
+
+
+def test_adding_a_valid_split_leaves_train_and_test_unchanged():
+    without = [r for r in synth.plan_corpus(synth.default_splits(20, 20)) if r["split"] in ("train", "test")]
+    with_valid = [r for r in synth.plan_corpus(synth.default_splits(20, 20, num_valid=10))
+                  if r["split"] in ("train", "test")]
+    assert without == with_valid

@@ -1,0 +1,303 @@
+"""Ship the student: a model of a run (or any Whisper folder) converted to CTranslate2, and compared with it.
+
+    python -m helpers.export --run-dir runs/tiny --model student_adalora --quantization int8
+
+:func:`export_model` converts with ``ctranslate2.converters.TransformersConverter`` into
+``run_dir/export/<model>-ct2-<quantization>/``, with the files the runtime needs (``tokenizer.json``,
+``preprocessor_config.json``) and ``export.json`` (source, its SHA-256, sizes, versions). :func:`compare_exports`
+puts exports beside the transformers model for notebook 07. Running an export (``load_export``,
+``transcribe_export``, ``transcribe_long`` for recordings of any length) lives in :mod:`helpers.longform` and is
+importable from here too.
+
+Two runtimes (``longform.runtime_for``): the standard Whisper layout (51865 tokens with timestamps, 30 s window:
+Breeze-ASR-25) goes through faster-whisper's ``WhisperModel``; the tiny models (own 1010-token vocabulary without
+timestamp tokens, 5 s window), whose layout faster-whisper's tokenizer logic does not expect, through
+``ctranslate2.models.Whisper`` with the prompt ``<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>`` read
+from their own tokenizer.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .decode import transcribe
+from .files import RunDir, read_json, shown, write_json
+from .longform import MANIFEST, Export, load_export, runtime_for, transcribe_export, transcribe_long
+from .models import LoadedWhisper, no_transformers_bars
+from .stats import spread
+from .text import score
+
+__all__ = ["QUANTIZATIONS", "supported_quantizations", "check_quantization", "resolve_source", "fingerprint",
+           "folder_bytes", "fix_alignment_heads", "export_model", "compare_exports", "main", "Export", "load_export",
+           "transcribe_export", "transcribe_long", "runtime_for"]
+
+QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
+RUNTIME_FILES = ("tokenizer.json", "preprocessor_config.json")  # copied into every export
+
+
+def supported_quantizations(device: str = "cpu") -> list[str]:
+    """The quantisations of :data:`QUANTIZATIONS` that CTranslate2 can run on ``device`` here (``cpu``/``cuda``)."""
+    import ctranslate2
+
+    return sorted(set(QUANTIZATIONS) & set(ctranslate2.get_supported_compute_types(device)))
+
+
+def check_quantization(quantization: str, device: str = "cpu") -> None:
+    """Raise ``ValueError`` when ``quantization`` is not one of :data:`QUANTIZATIONS` or ``device`` cannot run it."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unsupported quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    can = supported_quantizations(device)
+    if quantization not in can:
+        raise ValueError(f"quantization {quantization!r} cannot run on this {device}; it can run {', '.join(can)}")
+
+
+def resolve_source(model: str | Path, run_dir: str | Path | None = None) -> tuple[Path, str]:
+    """The folder and export name of ``model``: a stage of ``run_dir`` (one of ``RunDir.STAGES``) or a model folder.
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the folder when it holds no Whisper saved in safetensors
+    with its ``tokenizer.json``, and saying what to do."""
+    if run_dir is not None and str(model) in RunDir.STAGES:
+        folder, name = getattr(RunDir(run_dir), str(model)), str(model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{shown(folder)} does not exist: the run has no {name} model yet (run its "
+                                    "notebook first), or give a model folder")
+    else:
+        folder, name = Path(model), Path(model).name
+        if not folder.is_dir():
+            stages = f" or one of {', '.join(RunDir.STAGES)} with --run-dir" if run_dir is None else ""
+            raise FileNotFoundError(f"model folder {shown(folder)} does not exist; give a saved Whisper folder{stages}")
+    config = read_json(folder / "config.json")
+    if config is None:
+        raise ValueError(f"{shown(folder)} holds no config.json: it is not a saved model (give the folder "
+                         "save_pretrained wrote)")
+    if config.get("model_type") != "whisper":
+        raise ValueError(f"{shown(folder)} holds a {config.get('model_type')!r} model, not Whisper: only Whisper "
+                         "models are exported")
+    for pattern, what in (("*.safetensors", "safetensors weights"), ("tokenizer.json", "tokenizer.json")):
+        if not list(folder.glob(pattern)):
+            raise ValueError(f"{shown(folder)} has no {what}: save the model with models.save_whisper")
+    return folder, name
+
+
+def fingerprint(folder: Path) -> str:
+    """SHA-256 (hex) of the safetensors weights of ``folder``, file by file in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes on disk of the files directly in ``folder`` (checkpoints and other subfolders not counted)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def fix_alignment_heads(generation: dict, decoder_layers: int, layer_map: dict | None) -> str:
+    """Make ``generation["alignment_heads"]`` ([[decoder layer, head], ...], used by CTranslate2 for word
+    timestamps) point at layers the model has; returns what was done, for the manifest.
+
+    A student cut from a teacher keeps the teacher's generation config, whose heads point at decoder layers the
+    student no longer has (layer 31 of a 2-layer decoder); CTranslate2 would read past the last layer (word
+    timestamps crash the process). When a head points past ``decoder_layers``: with a ``layer_map``
+    (``layer_map.json`` of ``student.save_student``, whose ``decoder`` list has ``decoder_layers`` entries) the
+    heads of the copied teacher layers are renamed to their student layers and the others dropped; without one
+    all are dropped, and CTranslate2 falls back to all heads of the last half of the decoder layers. Heads that
+    all point at existing layers are kept.
+    """
+    heads = generation.get("alignment_heads")
+    if not heads:
+        return "none given: CTranslate2's default (all heads of the last half of the decoder layers)"
+    if all(layer < decoder_layers for layer, _ in heads):
+        return "kept"
+    copied = (layer_map or {}).get("decoder", [])
+    index = {teacher: student for student, teacher in enumerate(copied)} if len(copied) == decoder_layers else {}
+    kept = [[index[layer], head] for layer, head in heads if layer in index]
+    if kept:
+        generation["alignment_heads"] = kept
+        return f"remapped through layer_map.json: {len(kept)} of {len(heads)} heads kept"
+    generation.pop("alignment_heads")
+    return (f"dropped: the {len(heads)} heads point at decoder layers the model lacks; CTranslate2's default "
+            "(all heads of the last half of the decoder layers)")
+
+
+def _stage(folder: Path, stage: Path, quantization: str, layer_map: dict | None) -> dict:
+    """A folder the converter reads: links to ``folder``'s files, plus what a runtime needs and the source lacks
+    (``preprocessor_config.json``), a generation config with usable alignment heads, and a config whose ``dtype``
+    is the one the quantisation computes in (float16 for ``float16``, else float32: a float16 checkpoint converted
+    to int8 would otherwise be saved as int8_float16, which a CPU converts again at every load)."""
+    from transformers import WhisperFeatureExtractor
+
+    stage.mkdir()
+    for path in folder.iterdir():
+        if path.is_file() and path.name not in ("generation_config.json", "config.json"):
+            try:
+                (stage / path.name).symlink_to(path.resolve())
+            except OSError:  # no symlinks (Windows without developer mode): copy
+                shutil.copy2(path, stage / path.name)
+    if not (folder / "preprocessor_config.json").exists():  # transformers 5 saves only processor_config.json
+        WhisperFeatureExtractor.from_pretrained(str(folder)).save_pretrained(str(stage))
+    config = read_json(folder / "config.json")
+    write_json(stage / "config.json", {**config, "dtype": "float16" if quantization == "float16" else "float32"})
+    generation = read_json(folder / "generation_config.json", {})
+    heads = fix_alignment_heads(generation, config["decoder_layers"], layer_map)
+    if generation:
+        write_json(stage / "generation_config.json", generation)
+    return {"alignment_heads": heads, "language": generation.get("language"), "task": generation.get("task"),
+            "source_dtype": config.get("dtype") or config.get("torch_dtype"),
+            "max_target_positions": config["max_target_positions"], "decoder_layers": config["decoder_layers"]}
+
+
+def export_model(model: str | Path, run_dir: str | Path | None = None, *, quantization: str = "int8",
+                 out_root: str | Path | None = None, device: str = "cpu") -> Path:
+    """Convert ``model`` (a stage of ``run_dir`` or a model folder) to CTranslate2 with ``quantization`` and return
+    the export folder ``<out_root>/<name>-ct2-<quantization>`` (``out_root`` defaults to ``run_dir/export``, or
+    ``export`` beside a model folder).
+
+    The conversion runs into a temporary folder beside the target, is loaded once to check it, and only then
+    replaces an earlier export of the same name: a failing export leaves the earlier one as it was. The export
+    holds ``model.bin``, ``vocabulary.json``, ``config.json``, :data:`RUNTIME_FILES` and ``export.json``: source
+    folder, source SHA-256 (:func:`fingerprint`), quantisation, bytes on disk of source and export, alignment heads
+    (:func:`fix_alignment_heads`), runtime (:func:`runtime_for`), language, versions. Errors: see
+    :func:`check_quantization` and :func:`resolve_source`.
+    """
+    import ctranslate2
+    import faster_whisper
+    import torch
+    import transformers
+    from ctranslate2.converters import TransformersConverter
+
+    check_quantization(quantization, device)
+    folder, name = resolve_source(model, run_dir)
+    root = Path(out_root) if out_root else (RunDir(run_dir).export if run_dir is not None else folder.parent / "export")
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{name}-ct2-{quantization}"
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    try:
+        # a distilled student's folder has no layer_map.json; the run's student_init (which it was trained from) has
+        layer_map = read_json(folder / "layer_map.json") or (
+            read_json(RunDir(run_dir).student_init / "layer_map.json") if run_dir is not None else None)
+        info = _stage(folder, work / "source", quantization, layer_map)
+        converter = TransformersConverter(str(work / "source"), copy_files=list(RUNTIME_FILES))
+        with no_transformers_bars():
+            converter.convert(str(work / "ct2"), quantization=quantization)
+        ctranslate2.models.Whisper(str(work / "ct2"), device=device)  # loads: a broken export goes no further
+        vocabulary = json.loads((work / "ct2" / "vocabulary.json").read_text("utf-8"))
+        window_s = read_json(work / "ct2" / "preprocessor_config.json")["chunk_length"]
+        manifest = {"source": str(folder.resolve()), "name": name, "source_sha256": fingerprint(folder),
+                    "quantization": quantization, "source_bytes": folder_bytes(folder),
+                    "runtime": runtime_for(vocabulary, window_s), "window_s": window_s,
+                    "vocabulary_size": len(vocabulary), **info,
+                    "versions": {"ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
+                                 "transformers": transformers.__version__, "torch": torch.__version__},
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(work / "ct2" / MANIFEST, manifest)
+        manifest["export_bytes"] = folder_bytes(work / "ct2")
+        write_json(work / "ct2" / MANIFEST, manifest)
+        if target.exists():
+            target.rename(work / "previous")
+        (work / "ct2").rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Side by side with the transformers model (notebook 07), and the command line
+# ---------------------------------------------------------------------------------------------
+def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None = None, batch_size: int = 16,
+                    rounds: int = 3, warmup: int = 2, threads: int | None = None,
+                    fold: str | None = "t2s") -> pd.DataFrame:
+    """Accuracy, speed and size of transformers models and exports on the same clips ``rows``, side by side.
+
+    ``models`` maps a name to a ``LoadedWhisper``, an :class:`Export` or an export folder. All run with the same
+    ``threads`` (default: torch's current count; torch is set to it for the duration, exports are loaded with it),
+    take turns for ``rounds`` timing rounds after ``warmup`` untimed clips each, on the same batches. Returns one
+    row per model: ``runtime``, ``quantization``, ``size_mb`` (MB: a transformers model's weights in the dtype it
+    runs in, i.e. its safetensors saved so; an export's folder on disk), ``cer``/``wer``/``mer``/``exact_match`` against
+    ``rows["text"]`` (``text.score`` with ``fold``), ``cer_vs_reference`` (against the ``reference`` model's
+    transcripts), ``rtfx`` and ``compute_s`` (median of the rounds) with their ``_min``/``_max``, ``encoder_s`` and
+    ``decoder_s`` (median), ``speed_up`` (median RTFx over the reference's; ``reference`` defaults to the first
+    model) and ``predictions``. Raises ``ValueError`` for an unknown ``reference`` or an export loaded with other
+    threads.
+    """
+    import torch
+
+    reference = reference or next(iter(models))
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the models: {', '.join(models)}")
+    threads = threads or torch.get_num_threads()
+    loaded = {}
+    for name, m in models.items():
+        if isinstance(m, Export) and m.threads != threads:
+            raise ValueError(f"export {name!r} was loaded with {m.threads} threads, the comparison runs with "
+                             f"{threads}: load it with threads={threads} or pass its folder")
+        loaded[name] = m if isinstance(m, (LoadedWhisper, Export)) else load_export(m, threads=threads)
+
+    def run(m, clips):
+        if isinstance(m, LoadedWhisper):
+            return transcribe(m.model, m.processor, clips, batch_size, progress=False, shard=False)
+        return transcribe_export(m, clips, batch_size=batch_size)
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for m in loaded.values():
+            run(m, rows.head(warmup))
+        timed: dict[str, list] = {name: [] for name in loaded}
+        for _ in range(max(1, rounds)):  # the models take turns: a disturbance on the machine hits them alike
+            for name, m in loaded.items():
+                timed[name].append(run(m, rows))
+    finally:
+        torch.set_num_threads(was)
+    refs, table = rows["text"].tolist(), {}
+    for name, m in loaded.items():
+        preds = timed[name][0][0]
+        rates = spread([s["rtfx"] for _, s in timed[name]])
+        secs = spread([s["compute_s"] for _, s in timed[name]])
+        hf = isinstance(m, LoadedWhisper)
+        size = sum(p.numel() * p.element_size() for p in m.model.parameters()) if hf else folder_bytes(m.path)
+        table[name] = {"runtime": "transformers" if hf else m.manifest["runtime"],
+                       "quantization": str(m.model.dtype).removeprefix("torch.") if hf else m.manifest["quantization"],
+                       "size_mb": size / 1e6, **score(refs, preds, fold=fold),
+                       "cer_vs_reference": score(timed[reference][0][0], preds, fold=fold)["cer"],
+                       "rtfx": rates["median"], "rtfx_min": rates["min"], "rtfx_max": rates["max"],
+                       "compute_s": secs["median"], "compute_s_min": secs["min"], "compute_s_max": secs["max"],
+                       "encoder_s": float(np.median([s["encoder_s"] for _, s in timed[name]])),
+                       "decoder_s": float(np.median([s["decoder_s"] for _, s in timed[name]])), "predictions": preds}
+    out = pd.DataFrame.from_dict(table, orient="index")
+    out["speed_up"] = out["rtfx"] / out.loc[reference, "rtfx"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.export``: export one model of a run (or a folder); errors end in one line, exit 2."""
+    ap = argparse.ArgumentParser(prog="python -m helpers.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", help="the course's output folder (runs/<profile>)")
+    ap.add_argument("--model", default="student_adalora",
+                    help=f"a stage of the run ({', '.join(RunDir.STAGES)}) or a model folder (default student_adalora)")
+    ap.add_argument("--quantization", default="int8", help=" | ".join(QUANTIZATIONS) + " (default int8)")
+    ap.add_argument("--out", help="folder for the export (default: run_dir/export)")
+    args = ap.parse_args(argv)
+    try:
+        path = export_model(args.model, args.run_dir, quantization=args.quantization, out_root=args.out)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    m = read_json(path / MANIFEST)
+    print(f"exported {shown(m['source'])} -> {shown(path)} ({m['quantization']}, {m['export_bytes'] / 1e6:.1f} MB "
+          f"from {m['source_bytes'] / 1e6:.1f} MB; runtime {m['runtime']}; alignment heads {m['alignment_heads']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Transcribing beyond a model's window, and with CTranslate2 exports: segments with times, ``.srt`` and ``.txt``.
+
+:func:`transcribe_long` takes a recording of any length and a transformers Whisper (``LoadedWhisper``) or a
+CTranslate2 export (:class:`Export`, made by ``export.export_model``), and goes one of these ways:
+
+* **timestamps** - a transformers Whisper whose vocabulary has timestamp tokens (Breeze-ASR-25, whisper-*):
+  transformers' sequential long-form generation predicts where each segment ends and moves its window on.
+* **vad** - an export of the standard layout: faster-whisper's long-form path behind Silero voice activity
+  detection.
+* **pauses** - a model without timestamp tokens (the tiny teacher and its students: 5 s window, 1010 tokens)
+  cannot say where it is in its window: the recording is cut at pauses into pieces that fit
+  (``audio.cut_at_pauses``), each piece is transcribed on its own and its place gives its segment's times.
+
+:func:`transcribe_export` runs an export on clips (batched, timed like ``decode.transcribe``): faster-whisper's
+``WhisperModel`` for the standard layout, ``ctranslate2.models.Whisper`` with the model's own prompt otherwise
+(:func:`runtime_for`).
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .audio import cut_at_pauses, read_audio, read_row
+from .decode import quiet_generation, rtfx, transcribe
+from .files import atomic_write, read_json, shown
+from .models import LoadedWhisper, no_transformers_bars, window_seconds
+
+WHISPER_TIMESTAMPS = 1501  # Whisper's timestamp tokens <|0.00|> .. <|30.00|>, right after <|notimestamps|>
+MANIFEST = "export.json"  # what export.export_model writes into every export
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a recording and what was said in it: ``start`` and ``end`` in seconds from its beginning."""
+    start: float
+    end: float
+    text: str
+
+
+@dataclass
+class LongTranscript:
+    """What :func:`transcribe_long` made of one recording.
+
+    ``segments`` in time order; ``srt`` and ``txt`` the files written; ``method`` ``"timestamps"``,
+    ``"pauses"`` or ``"vad"`` (faster-whisper's voice activity detection); ``audio_s`` seconds of audio,
+    ``compute_s`` wall seconds of transcription (reading the file and writing the outputs excluded).
+    """
+    segments: list[Segment]
+    srt: Path
+    txt: Path
+    method: str
+    audio_s: float
+    compute_s: float
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The transcript of the whole recording: the segments' texts joined by spaces."""
+        return " ".join(s.text for s in self.segments if s.text)
+
+
+class LongRecording(NamedTuple):
+    """A recording made by :func:`make_long_recording`: its ``path``, the ``reference`` transcript (the clips'
+    texts joined by spaces) and ``clips``, one row per clip: ``start`` and ``end`` (seconds into the recording),
+    ``text``, ``audio`` (the clip it came from)."""
+    path: Path
+    reference: str
+    clips: pd.DataFrame
+
+
+def count_timestamp_tokens(vocabulary_size: int, no_timestamps_id: int | None) -> int:
+    """How many timestamp tokens a Whisper vocabulary of ``vocabulary_size`` ids has: the ids after
+    ``<|notimestamps|>`` (``no_timestamps_id``; ``None`` when the vocabulary lacks it: 0)."""
+    return 0 if no_timestamps_id is None else max(0, vocabulary_size - no_timestamps_id - 1)
+
+
+def has_timestamp_tokens(loaded: LoadedWhisper) -> bool:
+    """Whether the model can predict times: its vocabulary has Whisper's 1501 timestamp tokens after
+    ``<|notimestamps|>`` (51865-token Whispers do; the tiny teacher's 1010-token vocabulary ends at it)."""
+    no_ts = loaded.tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    no_ts = None if no_ts == loaded.tokenizer.unk_token_id else no_ts
+    return count_timestamp_tokens(loaded.model.config.vocab_size, no_ts) >= WHISPER_TIMESTAMPS
+
+
+def runtime_for(vocabulary: list[str], window_s: float) -> str:
+    """``"faster-whisper"`` for a standard Whisper layout (Whisper's 1501 timestamp tokens right after
+    ``<|notimestamps|>``, 30 s window), else ``"ctranslate2"``: faster-whisper's tokenizer and seek logic assume
+    that layout (timestamp ids, 448 positions, 30 s windows), so other models go to ``ctranslate2`` directly."""
+    if "<|notimestamps|>" not in vocabulary:
+        return "ctranslate2"
+    first = vocabulary.index("<|notimestamps|>") + 1
+    standard = len(vocabulary) - first >= WHISPER_TIMESTAMPS and vocabulary[first] == "<|0.00|>" and window_s == 30
+    return "faster-whisper" if standard else "ctranslate2"
+
+
+def read_recording(path: str | Path, sampling_rate: int = 16_000) -> np.ndarray:
+    """The samples of the recording ``path`` (mono, ``sampling_rate`` Hz); ``FileNotFoundError`` or ``ValueError``
+    naming the file when it is missing or not audio."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        return read_audio(path, sampling_rate)
+    except Exception as err:  # soundfile says why; keep its words, name the file
+        raise ValueError(f"{path}: cannot read the audio file ({str(err).splitlines()[0][:120]}); give a wav, flac, "
+                         "ogg or mp3 file") from err
+
+
+def pieces(path: str | Path, window_s: float, *, sampling_rate: int = 16_000, overlap_s: float = 0.5,
+           pad_s: float = 0.2, audio: np.ndarray | None = None) -> pd.DataFrame:
+    """The recording ``path`` cut at pauses into pieces of at most ``window_s`` seconds (``audio.cut_at_pauses``
+    with ``overlap_s`` and ``pad_s``), as manifest rows: ``audio`` (the path), ``offset`` and ``duration``
+    (seconds), ``text`` (empty), ``split`` ``"unlabelled"``. ``audio``: the recording's samples at
+    ``sampling_rate`` when already read. An empty table when the recording is silent."""
+    samples = read_recording(path, sampling_rate) if audio is None else audio
+    spans = cut_at_pauses(samples, sampling_rate, window_s, overlap_s=overlap_s, pad_s=pad_s)
+    return pd.DataFrame({"audio": str(path), "offset": [s for s, _ in spans], "duration": [e - s for s, e in spans],
+                         "text": "", "split": "unlabelled"}, columns=["audio", "offset", "duration", "text", "split"])
+
+
+def segments_of(rows: pd.DataFrame, texts: list[str]) -> list[Segment]:
+    """One :class:`Segment` per piece (rows of :func:`pieces`) with its transcript, times from the pieces' offsets."""
+    return [Segment(round(float(o), 3), round(float(o + d), 3), t.strip())
+            for o, d, t in zip(rows["offset"], rows["duration"], texts)]
+
+
+def srt_time(seconds: float) -> str:
+    """``seconds`` as an SRT time stamp, ``HH:MM:SS,mmm``."""
+    ms = int(round(max(seconds, 0.0) * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def write_transcript(segments: list[Segment], audio_path: str | Path,
+                     out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.srt`` (numbered cues with times) and ``<name>.txt`` (one segment's text a line) for the
+    recording ``audio_path``, beside it or into ``out_dir``; returns both paths. Segments without text get no
+    cue and no line (the returned segments keep them)."""
+    audio_path = Path(audio_path)
+    folder = Path(out_dir) if out_dir is not None else audio_path.parent
+    spoken = [s for s in segments if s.text]
+    cues = [f"{i}\n{srt_time(s.start)} --> {srt_time(s.end)}\n{s.text}\n" for i, s in enumerate(spoken, 1)]
+    srt = atomic_write(folder / f"{audio_path.stem}.srt", "\n".join(cues))
+    txt = atomic_write(folder / f"{audio_path.stem}.txt", "".join(f"{s.text}\n" for s in spoken))
+    return srt, txt
+
+
+# ---------------------------------------------------------------------------------------------
+# CTranslate2 exports at run time
+# ---------------------------------------------------------------------------------------------
+class _Multilingual:
+    """A CTranslate2 Whisper that says it is multilingual. faster-whisper puts the language and task tokens into the
+    prompt only for models that report ``is_multilingual``, and this CTranslate2 (4.8.5) reports False for
+    converted checkpoints whose vocabulary does have language tokens: without this, a Mandarin model would be
+    prompted as an English-only one. Everything else is the model's own."""
+    is_multilingual = True
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+@dataclass
+class Export:
+    """An export loaded for transcription (:func:`load_export`): ``model`` (``ctranslate2.models.Whisper``, or
+    faster-whisper's for the standard layout), ``whisper`` (faster-whisper's ``WhisperModel`` or None),
+    ``features`` (the ``WhisperFeatureExtractor`` the model was trained with), ``tokenizer`` (``tokenizers``),
+    ``prompt`` (token ids), ``manifest`` (``export.json``), ``threads``, ``language``, ``task``."""
+    path: Path
+    model: object
+    whisper: object
+    features: object
+    tokenizer: object
+    prompt: list[int]
+    manifest: dict
+    threads: int
+    language: str
+    task: str
+
+    @property
+    def eot(self) -> int:
+        return self.tokenizer.token_to_id("<|endoftext|>")
+
+
+def load_export(export_dir: str | Path, *, threads: int = 0, language: str | None = None,
+                task: str = "transcribe") -> Export:
+    """Load the export in ``export_dir`` (made by ``export.export_model``) on the CPU with ``threads`` threads (0:
+    CTranslate2's default), prompting for ``language`` (default: the source's, else ``zh``) and ``task``. Needs no
+    network: the tokenizer and feature settings come from the export. Raises ``FileNotFoundError`` naming the
+    folder when it is not an export, ``ValueError`` when the vocabulary lacks the language or task token."""
+    import ctranslate2
+    from tokenizers import Tokenizer
+    from transformers import WhisperFeatureExtractor
+
+    path = Path(export_dir)
+    manifest = read_json(path / MANIFEST)
+    if manifest is None or not (path / "model.bin").exists():
+        raise FileNotFoundError(f"{shown(path)} is not an export (no {MANIFEST} or model.bin): make one with "
+                                "python -m helpers.export")
+    language = (language or manifest.get("language") or "zh").strip("<|>")
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    ids = [tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", f"<|{language}|>", f"<|{task}|>",
+                                              "<|notimestamps|>")]
+    if None in ids:
+        known = [tokenizer.id_to_token(i) for i in read_json(path / "config.json", {}).get("lang_ids", [])]
+        raise ValueError(f"{shown(path)}: the vocabulary has no <|{language}|> or <|{task}|> token; its language "
+                         f"tokens: {', '.join(known)}")
+    whisper = None
+    if manifest["runtime"] == "faster-whisper":
+        from faster_whisper import WhisperModel
+
+        whisper = WhisperModel(str(path), device="cpu", compute_type="default", cpu_threads=threads)
+        if not whisper.model.is_multilingual:
+            whisper.model = _Multilingual(whisper.model)
+        model = whisper.model
+    else:
+        model = ctranslate2.models.Whisper(str(path), device="cpu", compute_type="default", intra_threads=threads)
+    with no_transformers_bars():
+        features = WhisperFeatureExtractor.from_pretrained(str(path))
+    return Export(path, model, whisper, features, tokenizer, ids, manifest, threads, language, task)
+
+
+def _waves(audio, sampling_rate: int) -> list[np.ndarray]:
+    """The samples of what :func:`transcribe_export` takes: rows, a path, an array, or a list of paths/arrays."""
+    if isinstance(audio, pd.DataFrame):
+        return [read_recording(r["audio"], sampling_rate) if pd.isna(r.get("offset", np.nan))
+                else read_row(r, sampling_rate) for r in audio.to_dict("records")]
+    items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
+    return [np.asarray(a, np.float32) if isinstance(a, np.ndarray) else read_recording(a, sampling_rate) for a in items]
+
+
+def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 16, max_new_tokens: int | None = None,
+                      threads: int = 0) -> tuple[list[str], dict]:
+    """Greedy transcripts of clips that fit the window, with an export (an :class:`Export`, or its folder, loaded
+    with ``threads``). ``audio``: manifest rows (``audio``, optional ``offset``/``duration``), a path, a 1-D array
+    at the model's rate (16 kHz), or a list of paths/arrays. Returns ``(texts, stats)`` in input order; ``stats``
+    as ``decode.transcribe``'s: ``audio_s``, ``compute_s`` (encoder + decoding loop, wall seconds), ``rtfx``,
+    ``encoder_s``, ``decoder_s``, ``decoder_steps`` (per batch, the longest transcript's tokens plus its end),
+    ``decoder_steps_per_s``, ``ms_per_step``. Features are transformers' (audio padded to the window before the
+    log-mel, as in training), not faster-whisper's (log-mel padded afterwards), which the tiny models do not
+    tolerate. An unreadable file raises ``ValueError`` naming it."""
+    import ctranslate2
+
+    export = export if isinstance(export, Export) else load_export(export, threads=threads)
+    fe = export.features
+    waves = _waves(audio, fe.sampling_rate)
+    if not waves:
+        raise ValueError("transcribe_export: no audio given")
+    limit = export.manifest["max_target_positions"] - len(export.prompt)
+    new = min(max_new_tokens or limit, limit)
+    order = np.argsort([len(w) for w in waves], kind="stable")[::-1]
+    texts: list[str | None] = [None] * len(waves)
+    encoder_s = decoder_s = 0.0
+    steps = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        feats = fe([waves[i] for i in idx], sampling_rate=fe.sampling_rate, return_tensors="np").input_features
+        t0 = time.perf_counter()
+        encoded = export.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, np.float32)))
+        t1 = time.perf_counter()
+        # CTranslate2 generates at most max_length / 2 tokens (and max_length minus the prompt)
+        results = export.model.generate(encoded, [export.prompt] * len(idx), beam_size=1, max_length=2 * new)
+        t2 = time.perf_counter()
+        encoder_s, decoder_s = encoder_s + t1 - t0, decoder_s + t2 - t1
+        steps += max(len(r.sequences_ids[0]) for r in results) + 1
+        for i, r in zip(idx, results):
+            texts[i] = export.tokenizer.decode([t for t in r.sequences_ids[0] if t < export.eot]).strip()
+    audio_s = float(sum(len(w) for w in waves)) / fe.sampling_rate
+    compute_s = encoder_s + decoder_s
+    return texts, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": rtfx(audio_s, max(compute_s, 1e-9)),
+                   "encoder_s": encoder_s, "decoder_s": decoder_s, "decoder_steps": steps,
+                   "decoder_steps_per_s": steps / max(decoder_s, 1e-9), "ms_per_step": 1000 * compute_s / max(steps, 1)}
+
+
+def transcribe_long(model: LoadedWhisper | Export | str | Path, path: str | Path, *, out_dir: str | Path | None = None,
+                    method: str = "auto", batch_size: int = 8, max_new_tokens: int | None = None,
+                    condition_on_previous_text: bool = False, overlap_s: float = 0.5, pad_s: float = 0.2,
+                    threads: int = 0) -> LongTranscript:
+    """Transcribe the recording ``path`` (any length) with ``model`` (a ``LoadedWhisper``, an :class:`Export` or an
+    export folder, loaded with ``threads``); write ``.srt`` and ``.txt`` beside it (or into ``out_dir``) and return
+    a :class:`LongTranscript`.
+
+    ``method``: ``"timestamps"`` (transformers only; the vocabulary must have timestamp tokens), ``"vad"``
+    (standard-layout exports only), ``"pauses"`` (any model; ``overlap_s``, ``pad_s``: see
+    ``audio.cut_at_pauses``; pieces go in batches of ``batch_size``), or ``"auto"``: the first of these the model
+    can do. ``max_new_tokens`` caps each window's or piece's transcript. ``condition_on_previous_text`` (timestamps
+    only; vad never does) feeds each window the text of the one before. It is off because distilled students,
+    with their 2-layer decoders, take that text as something to continue and hallucinate after the first window
+    (Distil-Whisper's README advises against it); a teacher may turn it on. Raises ``ValueError`` for a method the
+    model cannot do, and the errors of :func:`read_recording`.
+    """
+    export = model if isinstance(model, (LoadedWhisper, Export)) else load_export(model, threads=threads)
+    hf = isinstance(export, LoadedWhisper)
+    can = (["timestamps"] if hf and has_timestamp_tokens(export) else []) + (
+        ["vad"] if not hf and export.whisper is not None else []) + ["pauses"]
+    method = can[0] if method == "auto" else method
+    if method not in can:
+        raise ValueError(f"method {method!r} is not possible with {export.source if hf else shown(export.path)}: it "
+                         f"can do {', '.join(can)} ('timestamps' needs a transformers Whisper with timestamp tokens, "
+                         "'vad' an export of the standard Whisper layout)")
+    fe = export.feature_extractor if hf else export.features
+    audio = read_recording(path, fe.sampling_rate)
+    t0 = time.perf_counter()
+    stats: dict = {}
+    if method == "timestamps":
+        segments = _timestamp_segments(export, audio, max_new_tokens, condition_on_previous_text)
+    elif method == "vad":
+        found, _ = export.whisper.transcribe(audio, language=export.language, task=export.task, beam_size=1,
+                                             temperature=0.0, vad_filter=True, condition_on_previous_text=False,
+                                             max_new_tokens=max_new_tokens)
+        segments = [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in found]
+    else:
+        rows = pieces(path, window_seconds(fe), sampling_rate=fe.sampling_rate, overlap_s=overlap_s, pad_s=pad_s,
+                      audio=audio)
+        if len(rows) and hf:
+            texts, stats = transcribe(export.model, export.processor, rows, batch_size, max_new_tokens=max_new_tokens,
+                                      progress=False, shard=False)
+        elif len(rows):
+            texts, stats = transcribe_export(export, rows, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        else:
+            texts = []
+        segments = segments_of(rows, texts)
+    compute_s = time.perf_counter() - t0
+    srt, txt = write_transcript(segments, path, out_dir)
+    return LongTranscript(segments, srt, txt, method, len(audio) / fe.sampling_rate, compute_s, stats)
+
+
+@torch.no_grad()
+def _timestamp_segments(loaded: LoadedWhisper, audio: np.ndarray, max_new_tokens: int | None,
+                        condition: bool) -> list[Segment]:
+    """transformers' long-form generation over the whole recording: features of all of it (``truncation=False``,
+    padded to the window only when shorter), ``return_timestamps=True``, ``return_segments=True``."""
+    fe, model = loaded.feature_extractor, loaded.model
+    param = next(model.parameters())
+    longer = len(audio) > fe.n_samples
+    inputs = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt", return_attention_mask=True,
+                **({"truncation": False, "padding": "longest"} if longer else {}))
+    kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    was_training = model.training
+    model.eval()
+    try:
+        with quiet_generation():
+            out = model.generate(inputs.input_features.to(param.device, param.dtype),
+                                 attention_mask=inputs.attention_mask.to(param.device), return_timestamps=True,
+                                 return_segments=True, condition_on_prev_tokens=condition, **kwargs)
+    finally:
+        model.train(was_training)
+    eot = loaded.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return [Segment(round(float(s["start"]), 3), round(float(s["end"]), 3),
+                    loaded.tokenizer.decode([t for t in s["tokens"].tolist() if t < eot]).strip())
+            for s in out["segments"][0]]
+
+
+def make_long_recording(rows: pd.DataFrame, pause_s: float | tuple[float, float], out_path: str | Path, *,
+                        sampling_rate: int = 16_000, seed: int = 0) -> LongRecording:
+    """Concatenate the clips of the manifest ``rows`` (in order) into one recording with silence between them, and
+    write it to ``out_path`` (16-bit PCM, ``sampling_rate`` Hz; format from the suffix, e.g. ``.wav``).
+
+    ``pause_s``: the seconds of silence between two clips, or ``(low, high)`` for pauses drawn uniformly from that
+    range with ``seed``. Returns a :class:`LongRecording`: the path, the reference (the clips' texts joined by
+    spaces) and each clip's place in the recording. Raises ``ValueError`` for no rows or a negative pause.
+    """
+    import soundfile as sf
+
+    if len(rows) == 0:
+        raise ValueError("make_long_recording: the manifest has no rows")
+    low, high = (pause_s, pause_s) if np.isscalar(pause_s) else pause_s
+    if not 0 <= low <= high:
+        raise ValueError(f"make_long_recording: pause_s must be >= 0 seconds (or a range low <= high), got {pause_s}")
+    rng = random.Random(seed)
+    parts, clips, at = [], [], 0
+    for i, rec in enumerate(rows.to_dict("records")):
+        if i:
+            gap = int(round(rng.uniform(low, high) * sampling_rate))
+            parts.append(np.zeros(gap, np.float32))
+            at += gap
+        clip = read_row(rec, sampling_rate)
+        parts.append(clip)
+        clips.append({"start": at / sampling_rate, "end": (at + len(clip)) / sampling_rate,
+                      "text": rec["text"] if isinstance(rec.get("text"), str) else "", "audio": rec["audio"]})
+        at += len(clip)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(out_path, np.clip(np.concatenate(parts), -1.0, 1.0), sampling_rate, subtype="PCM_16")
+    table = pd.DataFrame(clips)
+    return LongRecording(out_path, " ".join(t for t in table["text"] if t), table)

@@ -1,0 +1,144 @@
+"""Notebook 07's reading of the results: intervals, speed-ups with their spread, verdicts, the table to read.
+
+:func:`add_comparisons` turns what :func:`evaluate.evaluate_models` measured into comparisons one can trust:
+each model's test CER with a 95 % bootstrap interval (utterances resampled 1000 times, fixed seed), its paired
+difference from the reference teacher on the same utterances with a verdict, and its speed-up over the
+teacher as the ratio of median timing rounds with the range the rounds allow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import stats
+from .evaluate import STUDENTS, TEACHERS
+from .files import RunDir, read_json
+
+
+def add_comparisons(results: pd.DataFrame, predictions: pd.DataFrame, reference: str | None = None,
+                    resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> pd.DataFrame:
+    """``results`` with, per (test set, model): ``cer_low``/``cer_high`` (95 % bootstrap interval of the test
+    CER), ``cer_diff`` with ``cer_diff_low``/``cer_diff_high`` and ``cer_verdict`` (paired difference from the
+    ``reference`` model in points: "better", "worse" or "within noise"), ``rtfx_low``/``rtfx_high`` (over the
+    timing rounds), ``speed_up`` (median compute time of the reference over the model's) with
+    ``speed_up_low``/``speed_up_high`` and ``speed_verdict`` ("faster", "slower", "within timing noise" when the
+    two models' round times overlap). ``reference`` defaults to ``results.attrs["reference"]``."""
+    table = results.copy()
+    reference = reference or results.attrs.get("reference")
+    table.attrs.update(results.attrs, reference=reference)
+    for column in ("cer_low", "cer_high", "cer_diff", "cer_diff_low", "cer_diff_high", "rtfx_low", "rtfx_high",
+                   "speed_up", "speed_up_low", "speed_up_high"):
+        table[column] = float("nan")
+    table["cer_verdict"], table["speed_verdict"] = None, None
+    for i, row in table[table["status"] == "ok"].iterrows():
+        utt = predictions[(predictions["model"] == row["model"]) & (predictions["test_set"] == row["test_set"])]
+        interval = stats.bootstrap_rate(utt["errors"], utt["n_ref"], resamples, seed)
+        table.loc[i, ["cer_low", "cer_high"]] = interval["low"], interval["high"]
+        table.loc[i, ["rtfx_low", "rtfx_high"]] = (row["audio_s"] / row["compute_s_max"],
+                                                   row["audio_s"] / row["compute_s_min"])
+        ref = table[(table["model"] == reference) & (table["test_set"] == row["test_set"]) & (table["status"] == "ok")]
+        if ref.empty or row["model"] == reference:
+            continue
+        ref, ref_utt = ref.iloc[0], predictions[(predictions["model"] == reference) &
+                                                (predictions["test_set"] == row["test_set"])]
+        diff = stats.paired_difference(utt["errors"].to_numpy(), ref_utt["errors"].to_numpy(), utt["n_ref"], resamples,
+                                       seed)
+        table.loc[i, ["cer_diff", "cer_diff_low", "cer_diff_high"]] = diff["difference"], diff["low"], diff["high"]
+        table.loc[i, "cer_verdict"] = stats.verdict(diff)
+        mine = {"min": row["compute_s_min"], "max": row["compute_s_max"]}
+        theirs = {"min": ref["compute_s_min"], "max": ref["compute_s_max"]}
+        table.loc[i, ["speed_up", "speed_up_low", "speed_up_high"]] = (
+            ref["compute_s"] / row["compute_s"], ref["compute_s_min"] / row["compute_s_max"],
+            ref["compute_s_max"] / row["compute_s_min"])
+        table.loc[i, "speed_verdict"] = ("within timing noise" if stats.overlap(mine, theirs) else
+                                         "faster" if row["compute_s"] < ref["compute_s"] else "slower")
+    ref_rows = (table["model"] == reference) & (table["status"] == "ok")
+    table.loc[ref_rows, ["speed_up", "speed_up_low", "speed_up_high", "cer_diff"]] = 1.0, 1.0, 1.0, 0.0
+    return table
+def comparison_table(results: pd.DataFrame, test_set: str | None = None) -> pd.DataFrame:
+    """The table to read first, one row per model: size; test CER with its 95 % interval, the paired difference
+    from the teacher and its verdict; WER and MER; RTFx and the speed-up with the range of the timing rounds and
+    its verdict; peak memory. Rounded for reading."""
+    rows = results if test_set is None else results[results["test_set"] == test_set]
+    rows = rows.assign(
+        cer_ci=[f"{lo:.1f}-{hi:.1f}" if pd.notna(lo) else "" for lo, hi in zip(rows.get("cer_low", []),
+                                                                             rows.get("cer_high", []))],
+        diff_ci=[f"{lo:+.1f} to {hi:+.1f}" if pd.notna(lo) else "" for lo, hi in zip(rows.get("cer_diff_low", []),
+                                                                                   rows.get("cer_diff_high", []))],
+        speed_range=[f"{lo:.2f}-{hi:.2f}" if pd.notna(lo) else "" for lo, hi in zip(rows.get("speed_up_low", []),
+                                                                                  rows.get("speed_up_high", []))])
+    columns = {"params_M": "params (M)", "decoder_layers": "dec", "size_MB": "size (MB)", "cer": "CER %",
+               "cer_ci": "95% CI", "cer_diff": "vs teacher (pts)", "diff_ci": "95% CI of diff",
+               "cer_verdict": "accuracy", "wer": "WER %", "mer": "MER %", "rtfx": "RTFx", "speed_up": "speed-up",
+               "speed_range": "range", "speed_verdict": "speed", "peak_memory_MB": "peak mem (MB)",
+               "status": "status"}
+    present = [c for c in columns if c in rows]
+    table = rows.set_index(["test_set", "model"] if test_set is None else "model")[present].rename(columns=columns)
+    return table.round({"params (M)": 2, "size (MB)": 1, "CER %": 1, "vs teacher (pts)": 1, "WER %": 1, "MER %": 1,
+                        "RTFx": 0, "speed-up": 2, "peak mem (MB)": 0}).fillna("")
+
+
+def worst_utterances(predictions: pd.DataFrame, model: str, n: int = 5, test_set: str | None = None) -> pd.DataFrame:
+    """The ``n`` utterances with the highest CER for ``model`` (ties: the longest reference first)."""
+    rows = predictions[predictions["model"] == model]
+    if test_set is not None:
+        rows = rows[rows["test_set"] == test_set]
+    if rows.empty:
+        raise ValueError(f"no predictions for model {model!r}; models: {sorted(predictions['model'].unique())}")
+    return rows.assign(_len=rows["reference"].str.len()).sort_values(["cer", "_len"], ascending=False).drop(
+        columns="_len").head(n)
+
+
+def validation_cer(run_dir: str | Path) -> dict[str, float]:
+    """The validation CER (percent) each trained student reached, from the metrics notebooks 05 and 06 wrote:
+    ``{"distilled student": ..., "AdaLoRA student": ...}`` for the stages that exist."""
+    run, found = RunDir(run_dir), {}
+    if (m := read_json(run.metrics("student_kd"))) and "valid" in m.get("student after KD", {}):
+        found["distilled student"] = m["student after KD"]["valid"]["cer"]
+    if (m := read_json(run.metrics("student_adalora"))) and "valid_cer_merged" in m:
+        found["AdaLoRA student"] = m["valid_cer_merged"]
+    return found
+
+
+def best_student(run_dir: str | Path, available=STUDENTS) -> str | None:
+    """The student to show and ship, chosen on the validation set (never on test): of the trained students in
+    ``available``, the one with the lowest validation CER in the metrics of notebooks 05 and 06; the distilled
+    student when no validation figure exists; the student before KD when no trained one is available."""
+    valid = {m: cer for m, cer in validation_cer(run_dir).items() if m in available}
+    if valid:
+        return min(valid, key=valid.get)
+    return next((m for m in STUDENTS if m in available), None)
+
+
+def reference_teacher(results: pd.DataFrame, test_set: str) -> str | None:
+    """The teacher the students are compared with: the fine-tuned teacher, else the base teacher."""
+    ok = results[(results["status"] == "ok") & (results["test_set"] == test_set)]
+    return next((m for m in TEACHERS if m in set(ok["model"])), None)
+
+
+def conclusion(results: pd.DataFrame, test_set: str, student: str, teacher: str | None = None) -> str:
+    """A few sentences computed from :func:`add_comparisons`' results: how much smaller and faster ``student`` is
+    than the teacher, and whether its CER differs beyond the noise of the test set."""
+    ok = results[(results["status"] == "ok") & (results["test_set"] == test_set)].set_index("model")
+    teacher = teacher or reference_teacher(results, test_set)
+    if teacher is None or student not in ok.index:
+        return f"On {test_set}: not enough stages to compare (found {list(ok.index)})."
+    t, s = ok.loc[teacher], ok.loc[student]
+    share = 100 * s["params_M"] / t["params_M"]
+    accuracy = {"better": "more accurate than", "worse": "less accurate than",
+                "within noise": "as accurate as, within the noise of this test set,"}.get(s.get("cer_verdict"),
+                                                                                       "compared with")
+    speed = {"faster": f"a {s['speed_up']:.2f}x speed-up end to end",
+             "slower": f"{s['speed_up']:.2f}x the teacher's speed, slower end to end",
+             "within timing noise": f"{s['speed_up']:.2f}x the teacher's speed, within timing noise"}.get(
+        s.get("speed_verdict"), f"{s['speed_up']:.2f}x")
+    return (f"On {test_set}, the {student} has {s['params_M']:.1f}M parameters, {share:.0f}% of the {teacher}'s "
+            f"{t['params_M']:.1f}M ({s['decoder_layers']} decoder layers instead of {t['decoder_layers']}). It is "
+            f"{accuracy} the {teacher}: CER {s['cer']:.1f}% (95% CI {s['cer_low']:.1f}-{s['cer_high']:.1f}) "
+            f"against {t['cer']:.1f}% ({t['cer_low']:.1f}-{t['cer_high']:.1f}), a paired difference of "
+            f"{s['cer_diff']:+.1f} points (95% CI {s['cer_diff_low']:+.1f} to {s['cer_diff_high']:+.1f}). It "
+            f"transcribes at {s['rtfx']:.0f}x real time against {t['rtfx']:.0f}x: {speed} (median of "
+            f"{int(s['rounds'])} interleaved rounds; range {s['speed_up_low']:.2f}-{s['speed_up_high']:.2f}x). The "
+            f"encoder, which both run in full, takes {100 * t['encoder_s'] / t['compute_s']:.0f}% of the "
+            f"{teacher}'s compute here: a shorter decoder can only save on the rest.")
