@@ -113,7 +113,7 @@ def planned_budget(p, n_matrices: int) -> pd.DataFrame:
 
 class RankAllocatorCallback(TrainerCallback):
     """Calls AdaLoRA's ``update_and_allocate`` after every optimizer step (gradients still present) and
-    records in ``self.budget`` the total rank right after each allocation (step, total rank).
+    records in ``self.budget`` the ranks right after each allocation (step, total rank, rank of every matrix).
 
     Ranks are counted only where the allocator has just masked: between two allocations the pruned
     singular values are free to grow back until the next one, and at the start they are all zero.
@@ -128,7 +128,9 @@ class RankAllocatorCallback(TrainerCallback):
         self.peft_model.base_model.update_and_allocate(step)
         _, masked = self.peft_model.base_model.rankallocator.budget_schedule(step)
         if masked:
-            self.budget.append({"step": step, "total_rank": int(current_ranks(self.peft_model)["rank"].sum())})
+            ranks = current_ranks(self.peft_model)
+            self.budget.append({"step": step, "total_rank": int(ranks["rank"].sum()),
+                                "ranks": ranks.set_index("module")["rank"].to_dict()})
 
 
 @contextmanager

@@ -34,7 +34,8 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
     "01_data": dict(source="synthetic", train_csv=None, valid_csv=None, test_csv=None, audio_column="file",
                     text_column="中文意譯", speaker_column=None, hub_dataset=None, hub_config=None,
                     hub_train_split="train", hub_valid_split=None, hub_test_split="test", hub_audio_column="audio",
-                    hub_text_column="sentence", num_train=600, num_valid=100, num_test=200, num_unlabelled=2400,
+                    hub_text_column="sentence", unlabelled_dir=None, unlabelled_csv=None,
+                    hub_unlabelled_split=None, num_train=600, num_valid=200, num_test=200, num_unlabelled=2400,
                     valid_fraction=0.1, test_fraction=0.1, max_duration_s=5.0),
     "02_breeze_finetune": dict(base_model=str(TINY_TEACHER), max_steps=300, per_device_train_batch_size=16,
                                gradient_accumulation_steps=1, learning_rate=5e-4, warmup_steps=30, eval_steps=100,
@@ -43,7 +44,8 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                                generation_max_length=96, per_device_eval_batch_size=32, resume=False,
                                language="zh", task="transcribe", num_processes=1),
     "03_pseudo_label": dict(teacher=None, cer_threshold=20.0, batch_size=32, cache_encoder_outputs=True,
-                            include_unlabelled=True, num_processes=1),
+                            include_unlabelled=True, confidence_filter=True, min_avg_logprob=None,
+                            max_no_speech_prob=None, num_processes=1),
     "04_student_init": dict(teacher=None, student_source="teacher", decoder_layers=2, encoder_layers=None,
                             batch_size=32),
     "05_distill": dict(teacher=None, student=None, ce_weight=0.8, kl_weight=1.0, temperature=2.0, freeze_encoder=True,
@@ -57,7 +59,7 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                        per_device_eval_batch_size=32, generation_max_length=96, fp16=False, bf16=False, resume=False,
                        num_processes=1),
     "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=3, speculative=True,
-                    speculative_limit=50, fold="t2s", num_worst=5),
+                    speculative_limit=50, fold="t2s", num_worst=5, export_quantization="int8"),
 }
 
 # What each profile changes; everything not named here keeps the tiny default above. A name applies to
@@ -72,7 +74,7 @@ PROFILES: dict[str, dict] = {
         gradient_accumulation_steps=8, learning_rate=1e-4, warmup_steps=100, eval_steps=500, save_steps=500,
         fp16=True, gradient_checkpointing=True, use_lora=True, generation_max_length=448,
         per_device_eval_batch_size=8, batch_size=8, cache_encoder_outputs=False, cer_threshold=10.0,
-        use_encoder_cache=False,
+        max_no_speech_prob=0.6, use_encoder_cache=False,
         **{"05_distill": dict(learning_rate=1e-4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
                               fp16=True, generation_max_length=448)}),
     "full": dict(
@@ -82,7 +84,8 @@ PROFILES: dict[str, dict] = {
         per_device_train_batch_size=16,
         gradient_accumulation_steps=1, learning_rate=1e-5, warmup_steps=500, eval_steps=500, save_steps=500,
         bf16=True, gradient_checkpointing=True, generation_max_length=448, per_device_eval_batch_size=32,
-        batch_size=32, cache_encoder_outputs=False, cer_threshold=10.0, use_encoder_cache=False,
+        batch_size=32, cache_encoder_outputs=False, cer_threshold=10.0, max_no_speech_prob=0.6,
+        use_encoder_cache=False,
         speculative_limit=200,
         **{"05_distill": dict(learning_rate=1e-4, warmup_steps=500)}),
 }
@@ -150,7 +153,8 @@ SPECS: dict[str, Spec] = {
     "source": Spec("choice", choices=("synthetic", "csv", "hub")), "train_csv": MAYBE_TEXT, "valid_csv": MAYBE_TEXT,
     "test_csv": MAYBE_TEXT, "audio_column": TEXT, "text_column": TEXT, "speaker_column": MAYBE_TEXT,
     "hub_dataset": MAYBE_TEXT, "hub_config": MAYBE_TEXT, "hub_train_split": TEXT, "hub_valid_split": MAYBE_TEXT,
-    "hub_test_split": MAYBE_TEXT, "hub_audio_column": TEXT, "hub_text_column": TEXT,
+    "hub_test_split": MAYBE_TEXT, "hub_audio_column": TEXT, "hub_text_column": TEXT, "unlabelled_dir": MAYBE_TEXT,
+    "unlabelled_csv": MAYBE_TEXT, "hub_unlabelled_split": MAYBE_TEXT,
     "num_train": _int(1, optional=True), "num_valid": _int(1, optional=True), "num_test": _int(1, optional=True),
     "num_unlabelled": _int(0, optional=True), "valid_fraction": Spec("float", low=0, high=0.5, open_low=True),
     "test_fraction": Spec("float", low=0, high=0.5, open_low=True),
@@ -164,7 +168,8 @@ SPECS: dict[str, Spec] = {
     "task": Spec("choice", choices=("transcribe", "translate")), "num_processes": POSITIVE,
     # 03
     "teacher": MAYBE_TEXT, "cer_threshold": _num(0), "batch_size": POSITIVE, "cache_encoder_outputs": BOOL,
-    "include_unlabelled": BOOL,
+    "include_unlabelled": BOOL, "confidence_filter": BOOL, "min_avg_logprob": Spec("float", high=0, optional=True),
+    "max_no_speech_prob": Spec("float", low=0, high=1, optional=True),
     # 04
     "student_source": TEXT, "decoder_layers": POSITIVE, "encoder_layers": _int(1, optional=True),
     # 05
@@ -178,6 +183,7 @@ SPECS: dict[str, Spec] = {
     "models": Spec("dict", optional=True), "test_sets": Spec("dict", optional=True), "speed_rounds": POSITIVE,
     "speculative": Spec("bool_or_str"), "speculative_limit": POSITIVE,
     "fold": Spec("choice", choices=("t2s", "s2t", None)), "num_worst": COUNT,
+    "export_quantization": Spec("choice", choices=("int8", "int8_float32", "float16", "float32", "off")),
 }
 
 

@@ -137,7 +137,8 @@ def run(selected: list[Path], params: dict, out_dir: Path, kernel: str | None = 
 def save_outputs(executed: list[Path], into: Path = NOTEBOOKS_DIR) -> list[Path]:
     """Write executed notebooks back as the course's notebooks (the outputs nbval compares against): the cell
     papermill injected with the run's parameters is left out, so the saved notebook is the original with its
-    outputs, and the execution counts are renumbered from 1."""
+    outputs, the execution counts are renumbered from 1, and widget views (whose state is not saved) are dropped:
+    a widget comes alive when the cell runs in JupyterLab."""
     import nbformat
 
     saved = []
@@ -157,6 +158,9 @@ def save_outputs(executed: list[Path], into: Path = NOTEBOOKS_DIR) -> list[Path]
         for cell in nb.cells:
             cell.metadata.pop("papermill", None)
             cell.metadata.pop("execution", None)
+            if cell.cell_type == "code":  # a widget's state is not saved: its view would show an error when reopened
+                cell.outputs = [o for o in cell.outputs
+                                if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
         nbformat.write(nb, into / path.name)
         saved.append(into / path.name)
     return saved

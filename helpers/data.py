@@ -17,7 +17,7 @@ from . import config, text
 from .audio import read_audio
 from .files import RunDir, shown
 from .manifest import UNLABELLED, check_rows, holdout_split, read_csv, save_manifests, take, text_overlap
-from .sources import load_hub, load_synthetic
+from .sources import cut_long, find_audio, load_hub, load_synthetic
 
 # ---------------------------------------------------------------------------------------------
 # The whole data phase (notebook 01) in one call
@@ -34,12 +34,18 @@ def prepare(p) -> dict:
     ``valid_fraction`` / ``test_fraction`` of them, whole speakers at a time when ``speaker_column`` is named.
     """
     data_dir = RunDir(p.run_dir).data
-    rows = read_source(p, data_dir)
-    kept, skipped = check_rows(rows.reset_index(drop=True), p.max_duration_s)
+    rows = pd.concat([read_source(p, data_dir), read_unlabelled(p, data_dir)], ignore_index=True)
+    kept, skipped = check_rows(rows, p.max_duration_s)
+    recordings = (kept["split"] == UNLABELLED) & (kept["source"] != "synthetic")  # of any length: cut at pauses
+    pieces, silent = cut_long(kept[recordings], p.max_duration_s or 30.0, progress=p.live_plot)
+    if recordings.any():
+        kept, skipped = kept[~recordings], pd.concat([skipped, silent], ignore_index=True)
     sizes = {"train": p.num_train, "valid": p.num_valid, "test": p.num_test}
     splits = {name: take(kept, name, sizes[name], p.seed) for name in SPLITS}
-    if p.source == "synthetic" and p.num_unlabelled:
-        splits[UNLABELLED] = take(kept, UNLABELLED, p.num_unlabelled, p.seed)
+    synthetic = kept[(kept["split"] == UNLABELLED) & (kept["source"] == "synthetic")]
+    unlabelled = [part for part in (take(synthetic, UNLABELLED, p.num_unlabelled, p.seed), pieces) if len(part)]
+    if unlabelled:
+        splits[UNLABELLED] = pd.concat(unlabelled, ignore_index=True)
     for name in SPLITS:
         if splits[name].empty:
             raise ValueError(f"no usable {name} rows are left ({len(skipped)} skipped; see the skipped table). "
@@ -78,6 +84,23 @@ def read_source(p, data_dir: Path) -> pd.DataFrame:
     return rows
 
 
+def read_unlabelled(p, data_dir: Path) -> pd.DataFrame:
+    """Untranscribed recordings from ``p.unlabelled_dir`` (a folder, searched recursively), ``p.unlabelled_csv``
+    (its ``audio_column``; a transcript column is ignored) and ``p.hub_unlabelled_split`` (of ``p.hub_dataset``),
+    as rows of the ``unlabelled`` split; none of them given: no rows."""
+    parts = []
+    if p.unlabelled_dir:
+        parts.append(find_audio(config.repo_path(p.unlabelled_dir)))
+    if p.unlabelled_csv:
+        parts.append(read_csv(config.repo_path(p.unlabelled_csv), p.audio_column, None, UNLABELLED))
+    if p.hub_unlabelled_split:
+        if not p.hub_dataset:
+            raise ValueError("hub_unlabelled_split needs hub_dataset (a hub id or a local dataset folder)")
+        parts.append(load_hub(p.hub_dataset, p.hub_config, p.hub_unlabelled_split, p.hub_audio_column, None,
+                              data_dir / "hub_audio", UNLABELLED))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def summarize(splits: dict[str, pd.DataFrame], skipped: pd.DataFrame, p) -> dict:
     """The JSON data report: per split counts, hours, durations, transcript lengths, characters, speakers; texts
     shared between splits (after the scoring normaliser); skipped rows by reason."""
@@ -95,6 +118,13 @@ def summarize(splits: dict[str, pd.DataFrame], skipped: pd.DataFrame, p) -> dict
             "speakers": int(part["speaker"].nunique()) if "speaker" in part else None,
             "by_source": part["source"].value_counts().to_dict(),
         }
+        if "piece" in part and part["piece"].notna().any():  # pieces of long recordings
+            cut = part[part["piece"].notna()]
+            files = cut.drop_duplicates("audio")
+            report["splits"][name]["recordings"] = {
+                "files": int(len(files)), "pieces": int(len(cut)),
+                "file_hours": round(float(files["file_duration"].sum()) / 3600, 4),
+                "piece_hours": round(float(cut["duration"].sum()) / 3600, 4)}
     return report
 
 

@@ -51,7 +51,7 @@ def rtfx(audio_seconds: float, compute_seconds: float) -> float:
 
 
 def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *, max_new_tokens: int | None = None,
-               progress: bool = True, desc: str = "transcribing", assistant_model=None, on_encoded=None,
+               progress: bool = True, desc: str = "transcribing", assistant_model=None, on_batch=None,
                shard: bool = True) -> tuple[list[str], dict]:
     """Greedy transcripts of every row of ``manifest`` (in manifest order), batched by similar length.
 
@@ -62,9 +62,10 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *
     loop alone) and ``ms_per_step`` (wall ms per step, encoder included, which makes models comparable
     when their transcripts differ in length).
 
-    ``on_encoded(rows, hidden)``, when given, receives the encoder outputs of every batch as they are made:
-    ``rows`` the batch's positions in ``manifest`` (a numpy array), ``hidden`` a ``batch x frames x width``
-    tensor. Notebook 03 writes them to its cache, so the encoder runs once per clip.
+    ``on_batch(rows, hidden, sequences)``, when given, receives every batch as it is decoded: ``rows`` the batch's
+    positions in ``manifest`` (a numpy array), ``hidden`` the encoder outputs (``batch x frames x width``) and
+    ``sequences`` the generated token ids (prompt included). Notebook 03 writes the encoder outputs to its cache
+    (so the encoder runs once per clip) and scores each transcript's confidence (:func:`sequence_confidence`).
 
     With ``assistant_model`` the model decodes speculatively (one utterance at a time, ``batch_size``
     must be 1); the assistant's drafts are verified, so the transcripts are the model's own. The
@@ -81,17 +82,17 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *
     state = process_state()
     if not shard or state.num_processes == 1:
         return _transcribe_block(model, processor, manifest, 0, batch_size, max_new_tokens, progress, desc,
-                                 assistant_model, on_encoded)
+                                 assistant_model, on_batch)
     start, stop = shard_bounds(len(manifest), state.process_index, state.num_processes)
     block = _transcribe_block(model, processor, manifest.iloc[start:stop], start, batch_size, max_new_tokens,
-                              progress and state.is_main_process, desc, assistant_model, on_encoded)
+                              progress and state.is_main_process, desc, assistant_model, on_batch)
     blocks = gather_blocks(block)  # one (predictions, stats) per process, in rank order
     return [text for predictions, _ in blocks for text in predictions], merge_speed([s for _, s in blocks])
 
 
 @torch.no_grad()
 def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new_tokens, progress, desc,
-                      assistant_model, on_encoded):
+                      assistant_model, on_batch):
     from tqdm.auto import tqdm
 
     fe = processor.feature_extractor
@@ -126,8 +127,8 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
             t2 = time.perf_counter()
             encoder_s, decoder_s = encoder_s + (t1 - t0), decoder_s + (t2 - t1)
             steps += out.shape[1]
-            if on_encoded is not None and encoded is not None:
-                on_encoded(first_row + idx, encoded.last_hidden_state)
+            if on_batch is not None and encoded is not None:
+                on_batch(first_row + idx, encoded.last_hidden_state, out)
             for i, pred in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 predictions[i] = pred.strip()
             bar.update(len(idx))
@@ -142,6 +143,38 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
                          "decoder_s": decoder_s, "decoder_steps": steps,
                          "decoder_steps_per_s": steps / max(decoder_s, 1e-9),
                          "ms_per_step": 1000 * compute_s / max(steps, 1)}
+
+
+@torch.no_grad()
+def sequence_confidence(model, hidden: torch.Tensor, sequences: torch.Tensor, prompt_length: int, eos_token_id: int,
+                        no_speech_token_id: int | None = None, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """How sure ``model`` was of the ``sequences`` it generated from the encoder outputs ``hidden``:
+    ``(avg_logprob, no_speech_prob)``, one value per sequence.
+
+    ``avg_logprob`` is the mean log-probability (natural log) of the generated tokens, from the first after the
+    ``prompt_length`` forced ones (start of transcript, language, task...) up to and including the first
+    end-of-text, as OpenAI's Whisper computes it for its own fallback; ``no_speech_prob`` is the probability of
+    ``<|nospeech|>`` right after the start of transcript (NaN without ``no_speech_token_id``; only meaningful for a
+    model trained to predict it). One teacher-forced decoder pass; the vocabulary projection runs ``chunk``
+    positions at a time, so memory stays at ``batch x chunk x vocabulary``.
+    """
+    decoded = model.model.decoder(input_ids=sequences[:, :-1], encoder_hidden_states=hidden).last_hidden_state
+    targets = sequences[:, 1:]
+    chosen = torch.empty(targets.shape, dtype=torch.float32, device=targets.device)
+    no_speech = np.full(len(sequences), np.nan)
+    for start in range(0, targets.shape[1], chunk):
+        logprobs = torch.log_softmax(model.proj_out(decoded[:, start:start + chunk]).float(), dim=-1)
+        chosen[:, start:start + chunk] = logprobs.gather(-1, targets[:, start:start + chunk, None])[..., 0]
+        if start == 0 and no_speech_token_id is not None:
+            no_speech = logprobs[:, 0, no_speech_token_id].exp().cpu().numpy()
+    position = torch.arange(targets.shape[1], device=targets.device)
+    generated = position >= prompt_length - 1  # targets[j] is token j + 1 of the sequence
+    is_eos = (targets == eos_token_id) & generated
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], targets.shape[1],
+                                                                                       dtype=torch.long))
+    counted = generated & (position[None] <= first_eos[:, None])
+    average = (chosen * counted).sum(1) / counted.sum(1).clamp(min=1)
+    return average.cpu().numpy(), no_speech
 
 
 def merge_speed(shards: list[dict]) -> dict:

@@ -1,7 +1,7 @@
 """The teacher's encoder outputs, computed once and kept on disk for decoder-only distillation.
 
 When the student's encoder is a frozen copy of the teacher's, both produce the same encoder outputs: notebook 03
-keeps those of its transcription pass (:class:`CacheWriter`, fed by ``decode.transcribe(on_encoded=...)``), and
+keeps those of its transcription pass (:class:`CacheWriter`, fed by ``decode.transcribe(on_batch=...)``), and
 notebook 05 reads them (:func:`open_encoder_cache`) instead of running any encoder. One fp16 array of
 ``rows x frames x width`` in ``encoder_outputs.npy``, read memory-mapped (never whole in memory), and
 ``cache.json`` tying each row to its audio, the teacher's encoder fingerprint and the feature settings.
@@ -37,7 +37,7 @@ def cache_bytes(n_rows: int, model_config) -> int:
 class CacheWriter:
     """Writes the encoder outputs of ``rows`` into ``cache_dir`` as :func:`decode.transcribe` makes them.
 
-    Use ``writer.write`` as ``transcribe``'s ``on_encoded``, then :meth:`publish`. Under a launcher every
+    Call :meth:`write` from ``transcribe``'s ``on_batch``, then :meth:`publish`. Under a launcher every
     process writes the rows of its own block into the same file (created by the main process); the cache
     becomes visible (rename, then ``cache.json``) only when every row is in, so a crash never leaves a cache
     that looks complete. On several machines ``cache_dir`` must be on a shared file system.
@@ -61,7 +61,7 @@ class CacheWriter:
         self.array = open_memmap(self.tmp, mode="r+")
         self.written = np.zeros(len(rows), dtype=bool)
 
-    def write(self, rows: np.ndarray, hidden: torch.Tensor) -> None:
+    def write(self, rows: np.ndarray, hidden: torch.Tensor, *_) -> None:
         """Store ``hidden`` (``batch x frames x width``) as the encoder outputs of manifest positions ``rows``."""
         if tuple(hidden.shape[1:]) != self.shape[1:]:
             raise ValueError(f"encoder outputs of shape {tuple(hidden.shape[1:])} do not fit a cache of "

@@ -31,10 +31,19 @@ import pandas as pd
 
 from .decode import transcribe
 from .files import RunDir, read_json, shown, write_json
-from .longform import MANIFEST, Export, load_export, runtime_for, transcribe_export, transcribe_long
-from .models import LoadedWhisper, no_transformers_bars
+from .longform import (
+    MANIFEST,
+    Export,
+    LongRecording,
+    Segment,
+    load_export,
+    runtime_for,
+    transcribe_export,
+    transcribe_long,
+)
+from .models import LoadedWhisper, load_whisper, no_transformers_bars
 from .stats import spread
-from .text import score
+from .text import cer, score
 
 __all__ = ["QUANTIZATIONS", "supported_quantizations", "check_quantization", "resolve_source", "fingerprint",
            "folder_bytes", "fix_alignment_heads", "export_model", "compare_exports", "main", "Export", "load_export",
@@ -277,6 +286,42 @@ def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None =
     out = pd.DataFrame.from_dict(table, orient="index")
     out["speed_up"] = out["rtfx"] / out.loc[reference, "rtfx"]
     return out
+
+
+STAGE_FOLDERS = {"fine-tuned teacher": "teacher", "student before KD": "student_init",
+                 "distilled student": "student_kd", "AdaLoRA student": "student_adalora"}
+
+
+def ship(run_dir: str | Path, student: str, rows: pd.DataFrame, quantizations=("int8", "float32"),
+         batch_size: int = 16, rounds: int = 3, fold: str | None = "t2s") -> tuple[dict[str, Path], pd.DataFrame]:
+    """Notebook 07's shipping step: export the ``student`` stage of ``run_dir`` (a name of :data:`STAGE_FOLDERS`)
+    with each of ``quantizations``, then measure the transformers teacher, the transformers student and the
+    exports side by side on ``rows`` (:func:`compare_exports`, the teacher as reference). Returns
+    ``({quantization: export folder}, table)``."""
+    run = RunDir(run_dir)
+    exports = {q: export_model(STAGE_FOLDERS[student], run.root, quantization=q) for q in quantizations}
+    contenders = {"fine-tuned teacher (transformers fp32)": load_whisper(run.teacher),
+                  f"{student} (transformers fp32)": load_whisper(getattr(run, STAGE_FOLDERS[student])),
+                  **{f"{student} (CTranslate2 {q})": folder for q, folder in exports.items()}}
+    table = compare_exports(contenders, rows, reference=next(iter(contenders)), batch_size=batch_size,
+                            rounds=rounds, fold=fold)
+    return exports, table
+
+
+def compare_long(models: dict, recording: LongRecording, out_dir: str | Path, fold: str | None = "t2s"
+                 ) -> tuple[pd.DataFrame, dict[str, list[Segment]]]:
+    """Every model of ``models`` (name -> ``LoadedWhisper``, :class:`Export` or export folder) transcribes the long
+    ``recording`` (``longform.make_long_recording``) with ``longform.transcribe_long``, its subtitles written under
+    ``out_dir`` (one folder per model). Returns ``(summary, segments)``: per model the method, segments, CER against
+    the joined references (percent) and RTFx; and each model's segments."""
+    summary, segments = {}, {}
+    for i, (name, model) in enumerate(models.items()):
+        done = transcribe_long(model, recording.path, out_dir=Path(out_dir) / f"model_{i}")
+        segments[name] = done.segments
+        summary[name] = {"method": done.method, "segments": len(done.segments),
+                         "CER %": cer([recording.reference], [done.text], fold=fold),
+                         "RTFx": done.audio_s / max(done.compute_s, 1e-9), "subtitles": done.srt.name}
+    return pd.DataFrame.from_dict(summary, orient="index"), segments
 
 
 def main(argv: list[str] | None = None) -> int:

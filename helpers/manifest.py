@@ -21,14 +21,15 @@ CSV_ENCODINGS = ("utf-8-sig", "cp950", "big5hkscs")  # utf-8-sig also reads plai
 UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labelled by the teacher only)
 
 
-def read_csv(path: str | Path, audio_column: str = "file", text_column: str = "中文意譯",
+def read_csv(path: str | Path, audio_column: str = "file", text_column: str | None = "中文意譯",
              split: str = "train", encoding: str | None = None, speaker_column: str | None = None) -> pd.DataFrame:
     """Read a CSV in the reference layout (one row per recording: audio file, transcript).
 
     Encodings tried in order unless ``encoding`` is given: UTF-8 (with or without BOM), cp950, Big5-HKSCS.
     Relative audio paths are resolved against the CSV's folder. Returns manifest rows without
     durations (see :func:`check_rows`); ``row`` holds the CSV line number (header = line 1); with
-    ``speaker_column`` the rows carry that column as ``speaker``.
+    ``speaker_column`` the rows carry that column as ``speaker``. ``text_column`` None: audio without transcripts
+    (the text is left empty, a transcript column the file may have is ignored).
     """
     path = Path(path)
     if not path.is_file():
@@ -48,8 +49,9 @@ def read_csv(path: str | Path, audio_column: str = "file", text_column: str = "�
         raise ValueError(f"{path}: no column(s) {missing}; the file has columns {list(table.columns)}. "
                          "Set audio_column / text_column / speaker_column to the right names.")
     audio = [str((path.parent / a.strip()).resolve()) if a.strip() else "" for a in table[audio_column]]
-    rows = pd.DataFrame({"audio": audio, "text": table[text_column].str.strip(), "duration": float("nan"),
-                         "split": split, "source": "csv", "row": range(2, len(table) + 2)})
+    texts = table[text_column].str.strip() if text_column else ""
+    rows = pd.DataFrame({"audio": audio, "text": texts, "duration": float("nan"), "split": split, "source": "csv",
+                         "row": range(2, len(table) + 2)})
     if speaker_column:
         rows["speaker"] = table[speaker_column].str.strip().to_numpy()
     return rows
@@ -58,8 +60,8 @@ def read_csv(path: str | Path, audio_column: str = "file", text_column: str = "�
 def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``rows`` into usable rows (with ``duration`` filled in from the file header) and skipped
     rows (``audio``, ``row``, ``split``, ``reason``). Reasons: no audio path, missing file, unreadable
-    audio, empty audio, empty transcript (except in the ``unlabelled`` split, which has none), too long
-    for the model's window."""
+    audio, empty audio, empty transcript, too long for the model's window. Rows of the ``unlabelled`` split
+    have no transcript and may be of any length: they are cut at pauses later (``sources.cut_long``)."""
     import soundfile as sf
 
     kept, skipped = [], []
@@ -82,7 +84,7 @@ def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.Dat
         no_text = not isinstance(rec["text"], str) or not rec["text"].strip()
         if reason is None and no_text and rec["split"] != UNLABELLED:
             reason = "empty transcript"
-        if reason is None and max_duration_s and rec["duration"] > max_duration_s:
+        if reason is None and max_duration_s and rec["duration"] > max_duration_s and rec["split"] != UNLABELLED:
             reason = f"longer than {max_duration_s:g} s"
         (kept if reason is None else skipped).append(rec if reason is None else {
             "audio": path, "row": rec.get("row"), "split": rec["split"], "source": rec["source"], "reason": reason})

@@ -137,6 +137,9 @@ def save_whisper(model, processor, out_dir: str | Path, *, dtype: torch.dtype | 
     with no_transformers_bars():
         model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    # transformers 5 writes the processor as processor_config.json only; CTranslate2's converter and faster-whisper
+    # read the feature settings from preprocessor_config.json
+    processor.feature_extractor.save_pretrained(out_dir)
     return out_dir
 
 

@@ -43,6 +43,29 @@ def duration_histogram(splits: dict[str, pd.DataFrame], max_duration_s: float | 
     return fig
 
 
+def cut_points(audio, sampling_rate: int, pieces: list[tuple[float, float]], clips: pd.DataFrame | None = None):
+    """Left: the waveform of a long recording with the pieces ``audio.cut_at_pauses`` made shaded (alternating
+    colours) and, when ``clips`` (``start``, ``end`` in seconds) are known, where each spoken clip lies. Right: how
+    long the pieces are."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.0), gridspec_kw={"width_ratios": [4, 1]})
+    t = np.arange(len(audio)) / sampling_rate
+    step = max(1, len(audio) // 20_000)  # a readable envelope, not every sample
+    axes[0].plot(t[::step], audio[::step], color="0.35", lw=0.5)
+    for k, (start, end) in enumerate(pieces):
+        axes[0].axvspan(start, end, color=f"C{k % 2}", alpha=0.25)
+    if clips is not None:
+        for _, clip in clips.iterrows():
+            axes[0].plot([clip["start"], clip["end"]], [-1.02, -1.02], color="k", lw=2, solid_capstyle="butt")
+    axes[0].set(xlabel="seconds", ylim=(-1.08, 1.0), xlim=(0, len(audio) / sampling_rate),
+                title="pieces (shaded) cut at pauses" + ("; black: the spoken clips" if clips is not None else ""))
+    axes[1].hist([end - start for start, end in pieces], bins=10, color="C0")
+    axes[1].set(xlabel="piece length (s)", ylabel="pieces", title="piece lengths")
+    fig.tight_layout()
+    return fig
+
+
 def character_table(texts, top: int = 15) -> pd.DataFrame:
     """The ``top`` most frequent characters (Latin letters grouped as words) with counts and share (%)."""
     counts = Counter(tok for t in texts for tok in mixed_tokens(t, fold=None))
@@ -82,6 +105,32 @@ def cer_histogram(rows: pd.DataFrame, threshold: float):
     colors = ["C2" if s.startswith("kept") else "C3" for s in counts.index[::-1]]
     axes[1].barh(counts.index[::-1], counts.values[::-1], color=colors)
     axes[1].set(xlabel="utterances", title="kept or filtered")
+    fig.tight_layout()
+    return fig
+
+
+def confidence_vs_cer(labelled: pd.DataFrame, cer_threshold: float, logprob_threshold: float | None,
+                      unlabelled: pd.DataFrame | None = None):
+    """Left: the teacher's mean token log-probability against its CER on clips with a reference (``labelled``:
+    rows of ``pseudo.label_rows``, e.g. the validation clips), with the CER threshold and the confidence threshold:
+    why confidence can stand in for a missing reference. Right: the confidence of the clips without one
+    (``unlabelled``), with the threshold that filters them."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    good = labelled["cer"] <= cer_threshold
+    axes[0].scatter(labelled.loc[good, "avg_logprob"], labelled.loc[good, "cer"].clip(upper=150), s=10, color="C2",
+                    label=f"CER <= {cer_threshold:g}%")
+    axes[0].scatter(labelled.loc[~good, "avg_logprob"], labelled.loc[~good, "cer"].clip(upper=150), s=10, color="C3",
+                    label=f"CER > {cer_threshold:g}%")
+    axes[0].axhline(cer_threshold, color="grey", ls=":", lw=1)
+    for ax in axes:
+        if logprob_threshold is not None:
+            ax.axvline(logprob_threshold, color="k", ls="--", lw=1, label=f"keep >= {logprob_threshold:.2f}")
+    axes[0].set(xlabel="mean token log-probability (teacher's confidence)", ylabel="CER (%, clipped at 150)",
+                title="clips with a reference")
+    axes[0].legend(fontsize=8)
+    if unlabelled is not None and len(unlabelled):
+        axes[1].hist(unlabelled["avg_logprob"], bins=30, color="C0")
+    axes[1].set(xlabel="mean token log-probability", ylabel="clips", title="clips without a reference")
     fig.tight_layout()
     return fig
 
@@ -127,9 +176,27 @@ def budget_plan(planned: pd.DataFrame, tinit: int, final_start: int, title: str)
     return fig
 
 
+def rank_heatmap(ranks: pd.DataFrame, init_r: int, title: str = "final rank per matrix", ax=None):
+    """Heat map of the rank of every adapted matrix (rows: encoder/decoder layer, columns: matrix such as ``self q``
+    or ``fc1``) from ``adalora.ranks_table``; colours from 0 to ``init_r``. Returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+    else:
+        fig = ax.figure
+    heat = ranks.assign(row=ranks["part"].str[:3] + "." + ranks["layer"].astype(str)).pivot(
+        index="row", columns="matrix", values="rank")
+    image = ax.imshow(heat.values, cmap="viridis", vmin=0, vmax=init_r, aspect="auto")
+    ax.set(xticks=range(heat.shape[1]), yticks=range(heat.shape[0]), title=title)
+    ax.set_xticklabels(heat.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(heat.index, fontsize=8)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame, init_r: int):
     """Left: planned against actual total rank per step. Right: heat map of the final rank of every adapted
-    matrix (rows: encoder/decoder layer, columns: matrix such as ``self q`` or ``fc1``)."""
+    matrix (:func:`rank_heatmap`)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
     axes[0].plot(planned["step"], planned["budget"], ls="--", label="planned")
     if budget:
@@ -137,15 +204,7 @@ def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame
         axes[0].plot(done["step"], done["total_rank"], marker=".", ls="", label="after each allocation")
     axes[0].set(xlabel="optimizer step", ylabel="total rank", title="rank budget")
     axes[0].legend(fontsize=8)
-    heat = ranks.assign(row=ranks["part"].str[:3] + "." + ranks["layer"].astype(str)).pivot(
-        index="row", columns="matrix", values="rank")
-    image = axes[1].imshow(heat.values, cmap="viridis", vmin=0, vmax=init_r, aspect="auto")
-    axes[1].set(xticks=range(heat.shape[1]), yticks=range(heat.shape[0]), title="final rank per matrix")
-    axes[1].set_xticklabels(heat.columns, rotation=45, ha="right", fontsize=8)
-    axes[1].set_yticklabels(heat.index, fontsize=8)
-    fig.colorbar(image, ax=axes[1])
-    fig.tight_layout()
-    return fig
+    return rank_heatmap(ranks, init_r, ax=axes[1])
 
 
 def model_comparison(results: pd.DataFrame, test_set: str):

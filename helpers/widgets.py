@@ -44,8 +44,9 @@ def clip_view(row: dict, feature_extractor=None):
     audio = read_row(row, SAMPLING_RATE)
     facts = ", ".join(f"{k} {row[k]}" for k in ("split", "speaker", "voice", "noise", "snr_db")
                       if k in row and pd.notna(row[k]) and row[k] != "")
-    html = HTML(f"<p><b>{escape(str(row.get('text') or '(no transcript)'))}</b><br><small>{len(audio) / SAMPLING_RATE:.2f}"
-                f" s{', ' + escape(facts) if facts else ''}</small></p>" + Audio(audio, rate=SAMPLING_RATE)._repr_html_())
+    heading = escape(str(row.get("text") or "(no transcript)"))
+    html = HTML(f"<p><b>{heading}</b><br><small>{len(audio) / SAMPLING_RATE:.2f} s"
+                f"{', ' + escape(facts) if facts else ''}</small></p>" + Audio(audio, rate=SAMPLING_RATE)._repr_html_())
     figure = None
     if feature_extractor is not None:
         mel = log_mel(feature_extractor, [audio])[0].numpy()
@@ -62,19 +63,19 @@ def clip_view(row: dict, feature_extractor=None):
 def clip_browser(rows: pd.DataFrame, feature_extractor=None):
     """A slider over ``rows`` that shows :func:`clip_view` of the chosen clip."""
     import ipywidgets as w
-    from IPython.display import display
 
     slider = w.IntSlider(value=0, min=0, max=max(len(rows) - 1, 0), description="clip", continuous_update=False)
     out = w.Output()
 
     def show(_=None):
-        out.clear_output(wait=True)
-        with out:
-            try:
-                html, figure = clip_view(rows.iloc[slider.value].to_dict(), feature_extractor)
-                display(html, *([figure] if figure is not None else []))
-            except Exception as err:  # noqa: BLE001 (a widget shows a message, never a traceback)
-                print(f"cannot show clip {slider.value}: {err}")
+        out.outputs = ()
+        try:
+            html, figure = clip_view(rows.iloc[slider.value].to_dict(), feature_extractor)
+            out.append_display_data(html)
+            if figure is not None:
+                out.append_display_data(figure)
+        except Exception as err:  # noqa: BLE001 (a widget shows a message, never a traceback)
+            out.append_stdout(f"cannot show clip {slider.value}: {err}\n")
 
     slider.observe(show, names="value")
     show()
@@ -101,19 +102,17 @@ def threshold_effect(rows: pd.DataFrame, threshold: float, near: int = 3) -> tup
 def threshold_explorer(rows: pd.DataFrame, threshold: float):
     """A slider over the CER threshold showing :func:`threshold_effect`; the notebook's parameter still decides."""
     import ipywidgets as w
-    from IPython.display import display
 
     slider = w.FloatSlider(value=threshold, min=0.0, max=100.0, step=1.0, description="CER %",
                            continuous_update=False)
     out = w.Output()
 
     def show(_=None):
-        out.clear_output(wait=True)
-        with out:
-            counts, examples = threshold_effect(rows, slider.value)
-            print(f"at {counts['threshold']:g}%: {counts['kept']} kept, {counts['dropped']} dropped "
-                  f"(the parameter says {threshold:g}%)")
-            display(examples.round(1))
+        out.outputs = ()
+        counts, examples = threshold_effect(rows, slider.value)
+        out.append_stdout(f"at {counts['threshold']:g}%: {counts['kept']} kept, {counts['dropped']} dropped "
+                          f"(the parameter says {threshold:g}%)\n")
+        out.append_display_data(examples.round(1))
 
     slider.observe(show, names="value")
     show()
@@ -138,16 +137,14 @@ def rank_snapshot(budget: list[dict], index: int, init_r: int):
 def rank_player(budget: list[dict], init_r: int):
     """A slider over the re-allocations that redraws :func:`rank_snapshot`: watch AdaLoRA move rank around."""
     import ipywidgets as w
-    from IPython.display import display
 
     slider = w.IntSlider(value=len(budget) - 1, min=0, max=max(len(budget) - 1, 0), description="allocation",
                          continuous_update=False)
     out = w.Output()
 
     def show(_=None):
-        out.clear_output(wait=True)
-        with out:
-            display(rank_snapshot(budget, slider.value, init_r))
+        out.outputs = ()
+        out.append_display_data(rank_snapshot(budget, slider.value, init_r))
 
     slider.observe(show, names="value")
     show()
@@ -245,7 +242,7 @@ def transcription_box(shelf: ModelShelf, rows: pd.DataFrame, fold: str | None = 
     model's transcript side by side (:func:`try_clip`). An upload wins over the chosen clip; bad files get a
     message."""
     import ipywidgets as w
-    from IPython.display import HTML, Audio, display
+    from IPython.display import HTML, Audio
 
     options = [(f"{i}: {t}", i) for i, t in enumerate(rows["text"])]
     choose = w.Dropdown(options=options, description="test clip", layout=w.Layout(width="60%"))
@@ -254,24 +251,24 @@ def transcription_box(shelf: ModelShelf, rows: pd.DataFrame, fold: str | None = 
     out = w.Output()
 
     def run(_=None):
-        out.clear_output(wait=True)
-        with out:
-            try:
-                if upload.value:
-                    audio, name = read_upload(upload.value)
-                    reference, title = None, f"your recording {name} ({len(audio) / SAMPLING_RATE:.1f} s)"
-                else:
-                    row = rows.iloc[choose.value].to_dict()
-                    audio, reference, title = read_row(row, SAMPLING_RATE), row["text"], f"test clip {choose.value}"
-                print(f"transcribing {title} with {len(shelf.model_paths)} models...")
-                table = try_clip(shelf, audio, reference, fold)
-                out.clear_output(wait=True)
-                display(HTML(f"<p><b>{escape(title)}</b></p>" + Audio(audio, rate=SAMPLING_RATE)._repr_html_()
-                             + (f"<p>reference: {escape(reference)}</p>" if reference else "")
-                             + try_clip_html(table, reference, fold)))
-            except Exception as err:  # noqa: BLE001 (a widget shows a message, never a traceback)
-                out.clear_output(wait=True)
-                print(f"cannot transcribe: {err}")
+        out.outputs = ()
+        try:
+            if upload.value:
+                audio, name = read_upload(upload.value)
+                reference, title = None, f"your recording {name} ({len(audio) / SAMPLING_RATE:.1f} s)"
+            else:
+                row = rows.iloc[choose.value].to_dict()
+                audio, reference, title = read_row(row, SAMPLING_RATE), row["text"], f"test clip {choose.value}"
+            out.append_stdout(f"transcribing {title} with {len(shelf.model_paths)} models...\n")
+            table = try_clip(shelf, audio, reference, fold)
+            out.outputs = ()
+            player = Audio(audio, rate=SAMPLING_RATE)._repr_html_()
+            heard = f"<p>reference: {escape(reference)}</p>" if reference else ""
+            out.append_display_data(HTML(f"<p><b>{escape(title)}</b></p>{player}{heard}"
+                                         + try_clip_html(table, reference, fold)))
+        except Exception as err:  # noqa: BLE001 (a widget shows a message, never a traceback)
+            out.outputs = ()
+            out.append_stdout(f"cannot transcribe: {err}\n")
 
     button.on_click(run)
     return w.VBox([w.HBox([choose, upload, button]), out])

@@ -86,7 +86,9 @@ def test_the_allocator_callback_reallocates_ranks_to_the_target_budget(synthetic
     # recorded right after each allocation: never above the planned budget, ending at the target
     planned = adalora.planned_budget(params(), len(ranks)).set_index("step")["budget"]
     assert all(r["total_rank"] <= planned[r["step"]] for r in callback.budget)
-    assert callback.budget[-1] == {"step": 12, "total_rank": 2 * len(ranks)}
+    last = callback.budget[-1]
+    assert (last["step"], last["total_rank"]) == (12, 2 * len(ranks))
+    assert sum(last["ranks"].values()) == last["total_rank"] and len(last["ranks"]) == len(ranks)
 
 
 def test_without_the_callback_adalora_is_plain_lora(synthetic_run, tmp_path):

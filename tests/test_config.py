@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_tiny_profile_is_the_offline_cpu_default():
     d = config.defaults("01_data")
     assert (d["profile"], d["run_dir"], d["source"], d["num_train"], d["num_valid"], d["num_test"]) == (
-        "tiny", "runs/tiny", "synthetic", 600, 100, 200)
+        "tiny", "runs/tiny", "synthetic", 600, 200, 200)
     assert d["max_duration_s"] == 5.0
 
 

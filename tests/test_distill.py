@@ -110,7 +110,7 @@ def test_distillation_in_cache_mode_trains_the_decoder_and_leaves_frozen_weights
     teacher, pupil = pair()
     rows = result["train"]
     writer = encoder_cache.CacheWriter(teacher, rows, tmp_path / "cache")
-    pseudo.pseudo_label(teacher, rows, 100, 4, progress=False, on_encoded=writer.write)
+    pseudo.pseudo_label(teacher, rows, 100, 4, progress=False, on_batch=writer.write)
     writer.publish()
     teacher_before = copy.deepcopy(teacher.model.state_dict())
     encoder_before = copy.deepcopy(pupil.model.model.encoder.state_dict())

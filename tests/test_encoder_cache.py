@@ -20,7 +20,7 @@ def tiny_teacher():
 def one_pass_cache(teacher, rows, folder, batch_size=4):
     """Notebook 03's way: the cache is fed by the pseudo-labelling pass."""
     writer = encoder_cache.CacheWriter(teacher, rows, folder)
-    labelled, _ = pseudo.pseudo_label(teacher, rows, 100, batch_size, progress=False, on_encoded=writer.write)
+    labelled, _ = pseudo.pseudo_label(teacher, rows, 100, batch_size, progress=False, on_batch=writer.write)
     writer.publish()
     return labelled
 

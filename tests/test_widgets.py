@@ -1,5 +1,6 @@
 """The widgets' plain functions on fixed inputs, and the widgets' callbacks driven from Python as a learner would
 (ipywidgets lets a test set a slider's value or an upload's content and click a button)."""
+import datetime
 import io
 
 import numpy as np
@@ -15,7 +16,7 @@ def upload_of(path, name=None):
     """What ipywidgets 8's FileUpload holds after a file is chosen."""
     data = path.read_bytes()
     return ({"name": name or path.name, "type": "", "size": len(data), "content": memoryview(data),
-             "last_modified": 0},)
+             "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
 
 
 # ---------------------------------------------------------------- uploads
@@ -78,7 +79,7 @@ def test_a_recording_longer_than_the_window_is_transcribed_in_pieces(shelf, synt
 def test_the_transcription_box_shows_every_model_after_a_click(shelf, synthetic_run):
     _, result = synthetic_run
     box = widgets.transcription_box(shelf, result["test"])
-    (choose, upload, button), out = box.children[0].children, box.children[1]
+    button, out = box.children[0].children[2], box.children[1]
     button.click()
     shown = "".join(str(o.get("data", {}).get("text/html", "")) for o in out.outputs)
     assert "teacher" in shown and "student" in shown
@@ -87,7 +88,7 @@ def test_the_transcription_box_shows_every_model_after_a_click(shelf, synthetic_
 def test_the_transcription_box_shows_a_bad_upload_as_a_message(shelf, synthetic_run, tmp_path):
     _, result = synthetic_run
     box = widgets.transcription_box(shelf, result["test"])
-    (choose, upload, button), out = box.children[0].children, box.children[1]
+    (_, upload, button), out = box.children[0].children, box.children[1]
     (tmp_path / "broken.wav").write_bytes(b"RIFF nonsense")
     upload.value = upload_of(tmp_path / "broken.wav")
     button.click()
