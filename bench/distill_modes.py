@@ -1,19 +1,23 @@
-"""How much faster is a distillation step when the frozen encoder is never recomputed? Measured side by side.
+"""How much faster is a distillation step when the frozen encoder, then the teacher itself, is never run again?
 
-Times one optimizer step (forward of both models, KD loss, backward, AdamW) through the workbook's own
-``DistillTrainer.compute_loss`` in four set-ups:
+Times one optimizer step (forward, KD loss, backward, AdamW) through the workbook's own
+``DistillTrainer.compute_loss`` in six set-ups:
 
 * two encoders, student encoder trainable (the usual recipe),
 * two encoders, student encoder frozen,
 * one shared encoder pass feeding both decoders (mode ``shared``),
-* cached encoder outputs, decoders only (mode ``cached``),
+* cached encoder outputs, both decoders (mode ``cached``, teacher targets ``live``),
+* cached encoder outputs and stored top-k teacher targets: the student's decoder alone (``topk``),
+* cached encoder outputs and stored sampled teacher targets: the student's decoder alone (``sampled``),
 
-on (a) the tiny offline teacher and its 2-layer student and (b) a random-initialised whisper-small-shaped pair
-(teacher 12/12 layers, student 12/2, 30 s input, 51865-token vocabulary). The modes take turns for several
-rounds and each keeps its fastest step (the one least disturbed by other work on the machine).
+on the tiny offline teacher and its 2-layer student, and random-initialised pairs of real shapes: whisper-small
+(teacher 12/12 layers, student 12/2) and Breeze-ASR-25 (32/32, student 32/2), 30 s input, 51865-token vocabulary.
+The set-ups take turns for several rounds and each keeps its fastest step (the one least disturbed by other work on
+the machine). Each set-up's peak tensor memory during one step is counted too (``memory.tensor_peak``, PyTorch's
+own dispatch; on a GPU, ``torch.cuda.max_memory_allocated``).
 
-    python bench/distill_modes.py                 # both shapes, batch 2, CPU or the GPU if there is one
-    python bench/distill_modes.py --shapes whisper-small --batch 8 --rounds 5
+    python bench/distill_modes.py                 # tiny and whisper-small, batch 2, CPU or the GPU if there is one
+    python bench/distill_modes.py --shapes whisper-small breeze-asr-25 --batch 8 --rounds 5
 
 Results go to bench/results/distill_modes_<device>.json.
 """
@@ -30,12 +34,15 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import config, distill, models, student, train  # noqa: E402
+from helpers import config, distill, memory, models, student, train  # noqa: E402
 
-SETUPS = [("two encoders, student encoder trainable", "separate", False),
-          ("two encoders, student encoder frozen", "separate", True),
-          ("one shared encoder pass", "shared", True),
-          ("cached encoder outputs", "cached", True)]
+# (name, encoder mode, student encoder frozen, stored teacher targets)
+SETUPS = [("two encoders, student encoder trainable", "separate", False, None),
+          ("two encoders, student encoder frozen", "separate", True, None),
+          ("one shared encoder pass", "shared", True, None),
+          ("cached encoder outputs", "cached", True, None),
+          ("cached encoder outputs + stored top-k targets", "cached", True, "topk"),
+          ("cached encoder outputs + stored sampled targets", "cached", True, "sampled")]
 
 
 def load_teacher(shape: str, device: str):
@@ -46,7 +53,9 @@ def load_teacher(shape: str, device: str):
     return models.WhisperForConditionalGeneration(models.real_config(shape)).to(device).eval()
 
 
-def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str) -> dict[str, float]:
+def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str, k: int
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """``(seconds, peak bytes)`` per set-up: the fastest of ``rounds`` steps, and the tensor memory of one step."""
     teacher = load_teacher(shape, device)
     cfg = teacher.config
     torch.manual_seed(1)
@@ -54,18 +63,22 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str)
     labels = torch.randint(0, cfg.vocab_size - 20, (batch, label_len), device=device)
     with torch.no_grad():
         cached = teacher.model.encoder(feats).last_hidden_state
+    target_ids = torch.randint(0, cfg.vocab_size, (batch, label_len, k), device=device)
+    target_logprobs = torch.log_softmax(torch.randn(batch, label_len, k, device=device), -1)
     p = SimpleNamespace(**{**config.defaults("05_distill"), "per_device_train_batch_size": batch})
     processor = models.WhisperProcessor.from_pretrained(config.TINY_TEACHER)  # only for the Trainer's metric hook
     runs = {}
-    for name, mode, frozen in SETUPS:
+    for name, mode, frozen, targets in SETUPS:
         pupil = student.init_student(teacher, decoder_layers=2)[0].train()
         if frozen:
             distill.freeze_encoder(pupil)
         trainer = train.build_trainer(p, models.LoadedWhisper(pupil, processor, shape), None, [{"labels": [1]}],
                                       Path("/tmp/bench_distill"), trainer_class=distill.DistillTrainer,
-                                      teacher_model=teacher, mode=mode)
+                                      teacher_model=teacher, mode=mode, targets_method=targets)
         optim = torch.optim.AdamW([q for q in pupil.parameters() if q.requires_grad], lr=1e-5)
         inputs = {"encoder_outputs": cached} if mode == "cached" else {"input_features": feats}
+        if targets:
+            inputs.update(target_ids=target_ids, target_logprobs=target_logprobs)
         runs[name] = (trainer, pupil, optim, {**inputs, "labels": labels})
 
     def step(trainer, pupil, optim, inputs):
@@ -79,13 +92,23 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str)
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    for run in runs.values():  # warm-up
+    for run in runs.values():  # warm-up (and the optimizer's state exists before memory is counted)
         step(*run)
+    peak = {}
+    for name, (trainer, pupil, optim, inputs) in runs.items():
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step(trainer, pupil, optim, inputs)
+            peak[name] = torch.cuda.max_memory_allocated()
+        else:  # the teacher counts too when it runs (live targets)
+            model = torch.nn.ModuleList([pupil] + ([trainer.teacher] if trainer.teacher is not None else []))
+            peak[name] = memory.tensor_peak(lambda run=(trainer, pupil, optim, inputs): step(*run), model=model,
+                                            optimizer=optim, inputs=list(inputs.values()))["peak_bytes"]
     best = {name: float("inf") for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             best[name] = min(best[name], step(*run))
-    return best
+    return best, peak
 
 
 def main(argv=None):
@@ -95,6 +118,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--label-len", type=int, default=32, help="label tokens per utterance")
+    ap.add_argument("--k", type=int, default=32, help="stored teacher tokens per label position")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -104,20 +128,21 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if device == "cuda" else cpu
     print(f"Distillation step time by encoder mode, batch {args.batch}, on {device_name}; "
           f"fastest of {args.rounds} rounds\n")
-    results = {}
+    results, peaks = {}, {}
     for shape in args.shapes:
-        best = time_steps(shape, args.batch, args.rounds, args.label_len, device)
-        results[shape] = best
-        base_shared, base_two = best[SETUPS[2][0]], best[SETUPS[0][0]]
+        best, peak = time_steps(shape, args.batch, args.rounds, args.label_len, device, args.k)
+        results[shape], peaks[shape] = best, peak
+        base_two, base_shared, base_cached = (best[SETUPS[i][0]] for i in (0, 2, 3))
         print(f"{shape}:")
-        print(f"  {'set-up':<42}{'s/step':>9}{'vs two encoders':>17}{'vs shared pass':>16}")
+        print(f"  {'set-up':<48}{'s/step':>8}{'vs two enc.':>12}{'vs shared':>10}{'vs cached':>10}{'peak MB':>9}")
         for name, seconds in best.items():
-            print(f"  {name:<42}{seconds:>9.3f}{base_two / seconds:>16.2f}x{base_shared / seconds:>15.2f}x")
+            print(f"  {name:<48}{seconds:>8.3f}{base_two / seconds:>11.2f}x{base_shared / seconds:>9.2f}x"
+                  f"{base_cached / seconds:>9.2f}x{peak[name] / 1e6:>9.0f}", flush=True)
         print()
     out = Path(__file__).parent / "results" / f"distill_modes_{device}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "args": vars(args),
-                               "seconds_per_step": results}, indent=2))
+                               "seconds_per_step": results, "peak_tensor_bytes": peaks}, indent=2))
     return 0
 
 

@@ -18,27 +18,29 @@ class FeatureTransform:
     ``labels`` (token ids with the language/task prefix, ending with end-of-text).
     """
 
-    def __init__(self, processor):
-        self.processor = processor
+    def __init__(self, processor, keep: tuple[str, ...] = ()):
+        self.processor, self.keep = processor, keep
 
     def __call__(self, batch: dict) -> dict:
         fe = self.processor.feature_extractor
         keys = [k for k in ("audio", "offset", "duration") if k in batch]
         rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
         features, mask = log_mel(fe, [read_row(r, fe.sampling_rate) for r in rows], with_mask=True)
-        out = {"input_features": list(features.numpy()), "attention_mask": list(mask.numpy())}
+        out = {"input_features": list(features.numpy()), "attention_mask": list(mask.numpy()),
+               **{k: batch[k] for k in self.keep if k in batch}}
         if "text" in batch:
             out["labels"] = self.processor.tokenizer(list(batch["text"])).input_ids
         return out
 
 
-def to_dataset(manifest: pd.DataFrame, processor):
-    """A ``datasets.Dataset`` whose rows turn into ``input_features`` + ``labels`` when read (``with_transform``)."""
+def to_dataset(manifest: pd.DataFrame, processor, keep: tuple[str, ...] = ()):
+    """A ``datasets.Dataset`` whose rows turn into ``input_features`` + ``labels`` when read (``with_transform``);
+    the columns named in ``keep`` pass through as they are."""
     import datasets
 
-    columns = [c for c in ("audio", "text", "offset", "duration") if c in manifest]
+    columns = [c for c in ("audio", "text", "offset", "duration", *keep) if c in manifest]
     ds = datasets.Dataset.from_pandas(manifest[columns].reset_index(drop=True), preserve_index=False)
-    return ds.with_transform(FeatureTransform(processor))
+    return ds.with_transform(FeatureTransform(processor, keep))
 
 
 @dataclass

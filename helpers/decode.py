@@ -146,20 +146,33 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
 
 
 @torch.no_grad()
-def sequence_confidence(model, hidden: torch.Tensor, sequences: torch.Tensor, prompt_length: int, eos_token_id: int,
+def sequence_confidence(model, hidden: torch.Tensor, sequences: torch.Tensor, prompt: list[int], eos_token_id: int,
                         no_speech_token_id: int | None = None, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """How sure ``model`` was of the ``sequences`` it generated from the encoder outputs ``hidden``:
     ``(avg_logprob, no_speech_prob)``, one value per sequence.
 
     ``avg_logprob`` is the mean log-probability (natural log) of the generated tokens, from the first after the
-    ``prompt_length`` forced ones (start of transcript, language, task...) up to and including the first
-    end-of-text, as OpenAI's Whisper computes it for its own fallback; ``no_speech_prob`` is the probability of
+    forced ``prompt`` (start of transcript, language, task...) up to and including the first end-of-text, as
+    OpenAI's Whisper computes it for its own fallback (``generate`` returns the sequences with or without the
+    prompt depending on its code path: both are accepted); ``no_speech_prob`` is the probability of
     ``<|nospeech|>`` right after the start of transcript (NaN without ``no_speech_token_id``; only meaningful for a
     model trained to predict it). One teacher-forced decoder pass; the vocabulary projection runs ``chunk``
     positions at a time, so memory stays at ``batch x chunk x vocabulary``.
     """
-    decoded = model.model.decoder(input_ids=sequences[:, :-1], encoder_hidden_states=hidden).last_hidden_state
-    targets = sequences[:, 1:]
+    prefix = torch.tensor(prompt, device=sequences.device)
+    if sequences.shape[1] >= len(prompt) and bool((sequences[:, :len(prompt)] == prefix).all()):
+        sequences = sequences[:, len(prompt):]
+    # what each sequence said: its tokens up to its first end-of-text (generate may or may not have kept that one,
+    # and pads with it), then one end-of-text, scored after the prompt
+    ends = torch.where((sequences == eos_token_id).any(1), (sequences == eos_token_id).float().argmax(1),
+                       torch.full_like(sequences[:, 0], sequences.shape[1]))
+    width = len(prompt) + int(ends.max()) + 1
+    tokens = torch.full((len(sequences), width), eos_token_id, dtype=torch.long, device=sequences.device)
+    tokens[:, :len(prompt)] = prefix
+    for row, end in enumerate(ends.tolist()):
+        tokens[row, len(prompt):len(prompt) + end] = sequences[row, :end]
+    decoded = model.model.decoder(input_ids=tokens[:, :-1], encoder_hidden_states=hidden).last_hidden_state
+    targets = tokens[:, 1:]
     chosen = torch.empty(targets.shape, dtype=torch.float32, device=targets.device)
     no_speech = np.full(len(sequences), np.nan)
     for start in range(0, targets.shape[1], chunk):
@@ -167,13 +180,10 @@ def sequence_confidence(model, hidden: torch.Tensor, sequences: torch.Tensor, pr
         chosen[:, start:start + chunk] = logprobs.gather(-1, targets[:, start:start + chunk, None])[..., 0]
         if start == 0 and no_speech_token_id is not None:
             no_speech = logprobs[:, 0, no_speech_token_id].exp().cpu().numpy()
-    position = torch.arange(targets.shape[1], device=targets.device)
-    generated = position >= prompt_length - 1  # targets[j] is token j + 1 of the sequence
-    is_eos = (targets == eos_token_id) & generated
-    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], targets.shape[1],
-                                                                                       dtype=torch.long))
-    counted = generated & (position[None] <= first_eos[:, None])
-    average = (chosen * counted).sum(1) / counted.sum(1).clamp(min=1)
+    position = torch.arange(targets.shape[1], device=targets.device)[None]
+    first = len(prompt) - 1  # targets[j] is token j + 1: the first generated token is targets[len(prompt) - 1]
+    counted = (position >= first) & (position <= first + ends[:, None])  # the text and its end-of-text
+    average = (chosen * counted).sum(1) / counted.sum(1)
     return average.cpu().numpy(), no_speech
 
 

@@ -92,6 +92,10 @@ class RunDir:
         """Notebook 03's manifests: ``train`` (kept pseudo-labels) or ``all`` (every row with its status)."""
         return self.pseudo / f"{name}.jsonl"
 
+    def teacher_targets(self, method: str) -> Path:
+        """Notebook 03's stored teacher targets of ``method`` (``topk`` or ``sampled``), beside the encoder cache."""
+        return self.pseudo / f"targets_{method}"
+
     def metrics(self, stage: str) -> Path:
         """``metrics.json`` of a stage folder (``teacher``, ``student_kd``...)."""
         return getattr(self, stage) / "metrics.json"

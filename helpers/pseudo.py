@@ -18,10 +18,11 @@ import pandas as pd
 
 from . import config, models, text
 from .decode import sequence_confidence, transcribe
-from .encoder_cache import CacheWriter, cache_bytes
+from .encoder_cache import CacheWriter, cache_bytes, open_encoder_cache
 from .files import RunDir, shown
 from .manifest import audio_to_pseudo_label, load_manifest, save_manifests
 from .processes import gather_blocks, process_state
+from .teacher_targets import label_ids, target_bytes, write_targets
 
 # A unit of 1-8 characters repeated 4 or more times in a row ("的的的的", "meetingmeetingmeetingmeeting").
 _LOOP = re.compile(r"(.{1,8}?)\1{3,}")
@@ -92,14 +93,13 @@ class Confidence:
     def __init__(self, teacher, n_rows: int, then=None):
         tokenizer = teacher.tokenizer
         self.model, self.n_rows, self.then = teacher.model, n_rows, then
-        self.prompt_length = len(tokenizer.prefix_tokens)
+        self.prompt = list(tokenizer.prefix_tokens)
         self.eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.no_speech = tokenizer.convert_tokens_to_ids("<|nospeech|>")
         self.found: dict[int, tuple[float, float]] = {}
 
     def __call__(self, rows, hidden, sequences):
-        logprob, silent = sequence_confidence(self.model, hidden, sequences, self.prompt_length, self.eos,
-                                              self.no_speech)
+        logprob, silent = sequence_confidence(self.model, hidden, sequences, self.prompt, self.eos, self.no_speech)
         self.found.update({int(r): (float(a), float(b)) for r, a, b in zip(rows, logprob, silent)})
         if self.then is not None:
             self.then(rows, hidden, sequences)
@@ -161,6 +161,30 @@ def calibrate(teacher, rows: pd.DataFrame, cer_threshold: float, batch_size: int
     return choose_logprob_threshold(labelled["avg_logprob"], labelled["cer"], cer_threshold), labelled
 
 
+def store_targets(teacher, kept: pd.DataFrame, run: RunDir, p, progress: bool = True) -> dict:
+    """Notebook 03's optional last step: the teacher's compact next-token distributions at every label position of
+    the kept pseudo-labels (``teacher_targets.write_targets``), for each method of ``p.store_teacher_targets``,
+    reading the encoder outputs from the cache when there is one. Prints the disk size (and per hour of audio)
+    before writing; returns ``{method: bytes}``. Main process only."""
+    state = process_state()
+    methods = ("topk", "sampled") if p.store_teacher_targets == "both" else (p.store_teacher_targets,)
+    tokens = sum(len(ids) for ids in label_ids(teacher.tokenizer, kept["text"].tolist()))
+    size = target_bytes(tokens, p.targets_k)
+    hours = kept["duration"].sum() / 3600
+    written = {}
+    if state.is_main_process:
+        encoded = open_encoder_cache(run.encoder_cache, teacher, kept) if p.cache_encoder_outputs else None
+        for method in methods:
+            print(f"teacher targets ({method}, k={p.targets_k}, T={p.targets_temperature:g}): {tokens} label tokens, "
+                  f"{size / 1e6:.1f} MB in {shown(run.teacher_targets(method))} ({size / 1e6 / max(hours, 1e-9):.0f} "
+                  "MB per hour of audio)")
+            write_targets(teacher, kept, run.teacher_targets(method), p.targets_k, p.targets_temperature, method,
+                          encoded, p.batch_size, p.seed, progress)
+            written[method] = size
+    state.wait_for_everyone()
+    return written
+
+
 def run_phase(p) -> dict:
     """Notebook 03 for its parameters ``p``: the teacher (``p.teacher`` or ``run_dir/teacher``) transcribes
     ``run_dir/data/train.jsonl`` (and ``unlabelled.jsonl`` with ``p.include_unlabelled``); writes
@@ -199,6 +223,9 @@ def run_phase(p) -> dict:
     if cache:
         cache.publish()
         summary["encoder_cache_bytes"] = size
+    if p.store_teacher_targets != "off":
+        summary["teacher_targets"] = store_targets(teacher, rows[rows["kept"]].reset_index(drop=True), run, p,
+                                                   progress)
     summary["threshold_chosen_on_validation"] = calibration is not None
     if state.is_main_process:
         splits = {"train": rows[rows["kept"]], "all": rows}

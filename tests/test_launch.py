@@ -160,3 +160,31 @@ def test_two_processes_of_batch_2_distil_like_one_process_of_batch_4(tmp_path, s
     launched, alone = read_json(two / "student_kd" / "metrics.json"), read_json(one / "student_kd" / "metrics.json")
     assert launched["processes"] == 2 and alone["processes"] == 1 and launched["steps"] == alone["steps"] == 4
     assert (two / "student_kd" / "model.safetensors").exists()
+
+
+def test_two_processes_read_their_shares_of_the_stored_teacher_targets_like_one(tmp_path, synthetic_run):
+    """Distillation from stored top-k targets (the teacher never runs): two processes of batch 2 log the same loss,
+    CE and KL at every step as one process of batch 4, each process reading the targets of its own utterances."""
+    from helpers import teacher_targets
+    from helpers.files import RunDir
+
+    runs = []
+    for name in ("one", "two"):
+        run_dir = distillation_run_dir(tmp_path / name, synthetic_run)
+        rows = load_manifest(run_dir / "pseudo", "train")
+        teacher = models.load_whisper(run_dir / "teacher")
+        teacher_targets.write_targets(teacher, rows, RunDir(run_dir).teacher_targets("topk"), 8, 2.0, "topk",
+                                      progress=False)
+        runs.append(run_dir)
+    params = {**DISTILL, "teacher_targets": "topk"}
+    run_command("helpers.distill", runs[0], {**params, "per_device_train_batch_size": 4}, processes=1)
+    run_command("helpers.distill", runs[1], {**params, "per_device_train_batch_size": 2}, processes=2)
+
+    def curve(run_dir):
+        history = read_json(run_dir / "student_kd" / "history.json")
+        return [(r["loss"], r["ce"], r["kl"]) for r in history if "loss" in r]
+
+    single, double = curve(runs[0]), curve(runs[1])
+    assert len(single) == len(double) == 4
+    np.testing.assert_allclose(double, single, rtol=1e-4, atol=1e-5)
+    assert read_json(runs[1] / "student_kd" / "metrics.json")["teacher_targets"] == "topk"

@@ -14,7 +14,7 @@ HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 LAYERS = {
     0: {"config", "files", "audio", "text", "processes", "stats"},            # no helpers imports but these
     1: {"models", "collate", "manifest", "memory", "plots", "synth"},          # building blocks
-    2: {"decode", "encoder_cache", "train", "sources", "longform"},            # machinery the phases share
+    2: {"decode", "encoder_cache", "teacher_targets", "train", "sources", "longform"},  # shared machinery
     3: {"data", "finetune", "pseudo", "student", "distill", "adalora", "export"},  # one module per phase
     4: {"evaluate", "report", "speculative", "launch", "course", "lab", "widgets"},  # reports, entry points
 }

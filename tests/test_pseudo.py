@@ -139,8 +139,15 @@ def test_pseudo_labelling_scores_confidence_as_the_teacher_decodes(synthetic_run
     with torch.no_grad():
         hidden = teacher.model.model.encoder(features).last_hidden_state
         sequences = teacher.model.generate(features)
-    prompt = len(teacher.tokenizer.prefix_tokens)
+    prompt = list(teacher.tokenizer.prefix_tokens)
     eos = teacher.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     logprob, _ = sequence_confidence(teacher.model, hidden, sequences, prompt, eos)
     # alone here, in a batch of 4 there: float rounding differs in the third decimal
     assert rows["avg_logprob"].iloc[0] == pytest.approx(float(logprob[0]), abs=1e-2)
+    # with or without the prompt, with or without end-of-text padding (generate's code paths differ): the same value
+    prefix = torch.tensor([prompt])
+    said = sequences[:, len(prompt):] if bool((sequences[:, :len(prompt)] == prefix).all()) else sequences
+    said = said[:, : int((said[0] == eos).nonzero()[0]) if (said[0] == eos).any() else said.shape[1]]
+    for variant in (said, torch.cat([prefix, said], 1), torch.cat([said, torch.full((1, 3), eos)], 1)):
+        again, _ = sequence_confidence(teacher.model, hidden, variant, prompt, eos)
+        assert float(again[0]) == pytest.approx(float(logprob[0]), abs=1e-6)
