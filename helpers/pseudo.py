@@ -202,11 +202,15 @@ def run_phase(p) -> dict:
     progress = state.is_main_process and p.live_plot
     threshold, calibration = p.min_avg_logprob, None
     if p.confidence_filter and threshold is None and (rows["text"].str.strip() == "").any():
-        threshold, calibration = calibrate(teacher, load_manifest(run.data, "valid"), p.cer_threshold, p.batch_size,
-                                           progress)
+        try:
+            threshold, calibration = calibrate(teacher, load_manifest(run.data, "valid"), p.cer_threshold,
+                                               p.batch_size, progress)
+            message = (f"confidence threshold chosen on the {len(calibration)} validation clips: mean token "
+                       f"log-probability >= {threshold:.3f}")
+        except ValueError as err:  # nothing to separate: say so, and filter by the other guards only
+            message = f"no confidence threshold: {err}"
         if state.is_main_process:
-            print(f"confidence threshold chosen on the {len(calibration)} validation clips: mean token "
-                  f"log-probability >= {threshold:.3f}")
+            print(message)
     cache = None
     if p.cache_encoder_outputs:
         size = cache_bytes(len(rows), teacher.model.config)

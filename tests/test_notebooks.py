@@ -6,6 +6,7 @@ these tests check that other parameters reach the code and that each notebook wr
 import json
 from pathlib import Path
 
+import pandas as pd
 import papermill
 import pytest
 
@@ -36,17 +37,37 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_notebook(run_dir):
-    return run("01_data", run_dir, run_dir=str(run_dir), num_train=24, num_test=8, num_unlabelled=6, seed=3)
+def recordings(tmp_path_factory, synthetic_run):
+    """A folder of untranscribed audio: one recording of 6 synthetic sentences with pauses, several windows long."""
+    from helpers.longform import make_long_recording
+
+    _, result = synthetic_run
+    folder = tmp_path_factory.mktemp("recordings")
+    make_long_recording(result["train"], pause_s=(0.6, 1.0), out_path=folder / "talk" / "meeting.wav", seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_notebook(run_dir, recordings):
+    return run("01_data", run_dir, run_dir=str(run_dir), num_train=24, num_valid=8, num_test=8, num_unlabelled=6,
+               seed=3, unlabelled_dir=str(recordings))
 
 
 def test_data_notebook_takes_its_sizes_and_seed_from_the_parameters(data_notebook, run_dir):
     report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
     assert report["seed"] == 3
-    assert report["splits"]["train"]["utterances"] == 24 and report["splits"]["test"]["utterances"] == 8
-    assert report["splits"]["unlabelled"]["utterances"] == 6
-    assert "num_train=24, num_test=8" in stdout(data_notebook)
+    sizes = {name: s["utterances"] for name, s in report["splits"].items()}
+    assert (sizes["train"], sizes["valid"], sizes["test"]) == (24, 8, 8)
+    assert "num_train=24, num_valid=8, num_test=8" in stdout(data_notebook)
     assert "2 rows kept, 5 skipped" in stdout(data_notebook)  # the messy-CSV demonstration
+
+
+def test_data_notebook_cuts_the_untranscribed_recording_into_pieces_beside_the_synthetic_clips(data_notebook,
+                                                                                              run_dir):
+    report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
+    recording = report["splits"]["unlabelled"]["recordings"]
+    assert recording["files"] == 1 and recording["pieces"] >= 3
+    assert report["splits"]["unlabelled"]["utterances"] == 6 + recording["pieces"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +79,7 @@ def finetune_notebook(data_notebook, run_dir):
 def test_finetune_notebook_trains_the_given_steps_and_saves_a_loadable_teacher(finetune_notebook, run_dir):
     metrics = json.loads((run_dir / "teacher" / "metrics.json").read_text("utf-8"))
     assert metrics["steps"] == 4
-    assert 0 <= metrics["cer_after"] and 0 <= metrics["cer_before"]
+    assert 0 <= metrics["valid_cer_after"] and 0 <= metrics["valid_cer_before"] and 0 <= metrics["test_cer"]
     history = json.loads((run_dir / "teacher" / "history.json").read_text("utf-8"))
     assert [r["step"] for r in history if "eval_cer" in r] == [2, 4]
     assert models.load_whisper(run_dir / "teacher").model.config.decoder_layers == 4
@@ -71,8 +92,13 @@ def pseudo_notebook(finetune_notebook, run_dir):
 
 def test_pseudo_label_notebook_writes_the_kept_rows_and_the_encoder_cache(pseudo_notebook, run_dir):
     summary = json.loads((run_dir / "pseudo" / "report.json").read_text("utf-8"))
-    assert summary["utterances"] == 24 + 6 and summary["cer_threshold"] == 100.0  # train + unlabelled clips
-    assert "24 with a transcript, 6 without" in stdout(pseudo_notebook)
+    pieces = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))["splits"]["unlabelled"]["recordings"]
+    untranscribed = 6 + pieces["pieces"]  # the synthetic clips and the recording's pieces
+    assert summary["utterances"] == 24 + untranscribed and summary["cer_threshold"] == 100.0
+    assert f"24 with a transcript, {untranscribed} without" in stdout(pseudo_notebook)
+    everything = pd.read_json(run_dir / "pseudo" / "all.jsonl", lines=True)
+    assert everything["offset"].notna().sum() == pieces["pieces"]  # the pieces keep their place in the file
+    assert sum(summary["by_status"].values()) == summary["utterances"]  # every piece accounted for
     kept = (run_dir / "pseudo" / "train.jsonl").read_text("utf-8").splitlines()
     assert len(kept) == summary["kept"]
     cache = json.loads((run_dir / "pseudo" / "encoder_cache" / "cache.json").read_text("utf-8"))
