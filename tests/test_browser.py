@@ -233,6 +233,22 @@ SHOW_CELL = """([path, index]) => {
   return panel.content.scrollToItem(index, 'start');
 }"""
 
+CELL_WITH = """([path, text]) => {
+  const panel = Array.from(window.jupyterapp.shell.widgets('main')).find(w => w.context && w.context.path === path);
+  const cells = panel.content.model.cells;
+  for (let i = 0; i < cells.length; i++) if (cells.get(i).sharedModel.getSource().includes(text)) return i;
+  return -1;
+}"""
+
+# What a cell's outputs hold (output types and mime types) and what its output area shows, for a failure message.
+CELL_OUTPUTS = """([path, index]) => {
+  const panel = Array.from(window.jupyterapp.shell.widgets('main')).find(w => w.context && w.context.path === path);
+  const outputs = panel.content.model.cells.get(index).outputs.toJSON().map(
+    o => o.output_type + (o.data ? ' ' + Object.keys(o.data).join(',') : '') + (o.text ? ' ' + o.text : ''));
+  const node = panel.content.widgets[index].node.querySelector('.jp-OutputArea');
+  return JSON.stringify({outputs, shown: node ? node.innerText.slice(0, 500) : '(no output area)'});
+}"""
+
 RUN_ALL = """(path) => {
   const app = window.jupyterapp;
   const panel = Array.from(app.shell.widgets('main')).find(w => w.context && w.context.path === path);
@@ -336,8 +352,17 @@ def test_slow_browser_notebook_07_in_jupyterlab_transcribes_an_upload_with_every
                 page.wait_for_timeout(2000)
             notebook_s = time.monotonic() - waited
 
-            # the "Try it yourself" box: upload the recording, press Transcribe
+            # the "Try it yourself" box: shown (its cell scrolled to), upload the recording, press Transcribe
+            box_cell = page.evaluate(CELL_WITH, [name, "widgets.transcription_box("])
+            if box_cell < 0:
+                fail("no cell of notebook 07 calls widgets.transcription_box")
+            page.evaluate(SHOW_CELL, [name, box_cell])
             box = page.locator(".widget-vbox", has=page.locator("button", has_text="Transcribe")).last
+            try:
+                box.wait_for(timeout=left(60))
+            except PlaywrightError:
+                fail(f"the transcription box (cell {box_cell}) is not on the page; its outputs: "
+                     f"{page.evaluate(CELL_OUTPUTS, [name, box_cell])}")
             try:
                 box.scroll_into_view_if_needed(timeout=left(30))
                 with page.expect_file_chooser(timeout=left(30)) as chooser:
