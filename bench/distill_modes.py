@@ -18,6 +18,7 @@ own dispatch; on a GPU, ``torch.cuda.max_memory_allocated``).
 
     python bench/distill_modes.py                 # tiny and whisper-small, batch 2, CPU or the GPU if there is one
     python bench/distill_modes.py --shapes whisper-small breeze-asr-25 --batch 8 --rounds 5
+    python bench/distill_modes.py --shapes breeze-asr-25 --setups frozen shared cached topk sampled   # a CPU
 
 Results go to bench/results/distill_modes_<device>.json.
 """
@@ -43,6 +44,7 @@ SETUPS = [("two encoders, student encoder trainable", "separate", False, None),
           ("cached encoder outputs", "cached", True, None),
           ("cached encoder outputs + stored top-k targets", "cached", True, "topk"),
           ("cached encoder outputs + stored sampled targets", "cached", True, "sampled")]
+KEYS = dict(zip(("trainable", "frozen", "shared", "cached", "topk", "sampled"), (s[0] for s in SETUPS)))
 
 
 def load_teacher(shape: str, device: str):
@@ -53,9 +55,11 @@ def load_teacher(shape: str, device: str):
     return models.WhisperForConditionalGeneration(models.real_config(shape)).to(device).eval()
 
 
-def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str, k: int
+def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str, k: int, setups=tuple(KEYS)
                ) -> tuple[dict[str, float], dict[str, float]]:
-    """``(seconds, peak bytes)`` per set-up: the fastest of ``rounds`` steps, and the tensor memory of one step."""
+    """``(seconds, peak bytes)`` per set-up (``setups``: keys of :data:`KEYS`): the fastest of ``rounds`` steps, and
+    the tensor memory of one step. The set-ups with a frozen student encoder share one copy of it (it is never
+    updated), so that a large shape fits in memory."""
     teacher = load_teacher(shape, device)
     cfg = teacher.config
     torch.manual_seed(1)
@@ -67,11 +71,15 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str,
     target_logprobs = torch.log_softmax(torch.randn(batch, label_len, k, device=device), -1)
     p = SimpleNamespace(**{**config.defaults("05_distill"), "per_device_train_batch_size": batch})
     processor = models.WhisperProcessor.from_pretrained(config.TINY_TEACHER)  # only for the Trainer's metric hook
-    runs = {}
+    runs, frozen_encoder = {}, None
     for name, mode, frozen, targets in SETUPS:
+        if name not in {KEYS[key] for key in setups}:
+            continue
         pupil = student.init_student(teacher, decoder_layers=2)[0].train()
         if frozen:
             distill.freeze_encoder(pupil)
+            frozen_encoder = frozen_encoder or pupil.model.encoder
+            pupil.model.encoder = frozen_encoder
         trainer = train.build_trainer(p, models.LoadedWhisper(pupil, processor, shape), None, [{"labels": [1]}],
                                       Path("/tmp/bench_distill"), trainer_class=distill.DistillTrainer,
                                       teacher_model=teacher, mode=mode, targets_method=targets)
@@ -120,6 +128,9 @@ def main(argv=None):
     ap.add_argument("--label-len", type=int, default=32, help="label tokens per utterance")
     ap.add_argument("--k", type=int, default=32, help="stored teacher tokens per label position")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    ap.add_argument("--setups", nargs="+", default=list(KEYS), choices=list(KEYS),
+                    help="which set-ups (default: all; at the Breeze shape on a CPU leave out 'trainable': its "
+                         "AdamW state alone is 10 GB)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,21 +139,26 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if device == "cuda" else cpu
     print(f"Distillation step time by encoder mode, batch {args.batch}, on {device_name}; "
           f"fastest of {args.rounds} rounds\n")
-    results, peaks = {}, {}
+    out = Path(__file__).parent / "results" / f"distill_modes_{device}.json"
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    if saved.get("device") != device_name or "peak_tensor_bytes" not in saved:
+        saved = {}  # another machine's, or an older format: start again
+    results, peaks = saved.get("seconds_per_step", {}), saved.get("peak_tensor_bytes", {})
+    runs_args = saved.get("args_per_shape", {})
     for shape in args.shapes:
-        best, peak = time_steps(shape, args.batch, args.rounds, args.label_len, device, args.k)
-        results[shape], peaks[shape] = best, peak
-        base_two, base_shared, base_cached = (best[SETUPS[i][0]] for i in (0, 2, 3))
+        best, peak = time_steps(shape, args.batch, args.rounds, args.label_len, device, args.k, args.setups)
+        results[shape], peaks[shape], runs_args[shape] = best, peak, vars(args)
         print(f"{shape}:")
         print(f"  {'set-up':<48}{'s/step':>8}{'vs two enc.':>12}{'vs shared':>10}{'vs cached':>10}{'peak MB':>9}")
         for name, seconds in best.items():
-            print(f"  {name:<48}{seconds:>8.3f}{base_two / seconds:>11.2f}x{base_shared / seconds:>9.2f}x"
-                  f"{base_cached / seconds:>9.2f}x{peak[name] / 1e6:>9.0f}", flush=True)
+            ratios = "".join(f"{best[KEYS[key]] / seconds:>{w}.2f}x" if KEYS[key] in best else f"{'-':>{w + 1}}"
+                             for key, w in (("trainable", 11), ("shared", 9), ("cached", 9)))
+            print(f"  {name:<48}{seconds:>8.3f}{ratios}{peak[name] / 1e6:>9.0f}", flush=True)
         print()
-    out = Path(__file__).parent / "results" / f"distill_modes_{device}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "args": vars(args),
+    out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "args_per_shape": runs_args,
                                "seconds_per_step": results, "peak_tensor_bytes": peaks}, indent=2))
+    print(f"written {out} (the shapes measured before on this device are kept)")
     return 0
 
 

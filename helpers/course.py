@@ -15,15 +15,32 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
 
 from . import config
 from .files import RunDir, read_json, shown
 
 NOTEBOOKS_DIR = config.REPO / "notebooks"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """The kernel manager of the course's papermill runs: on POSIX the kernel talks to papermill over Unix sockets
+    in a private temporary folder (IPC transport), not over unencrypted loopback TCP, which ipykernel warns about;
+    elsewhere, TCP as usual. The folder goes with the manager (or at exit)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if os.name == "posix":
+            folder = tempfile.mkdtemp(prefix="workbook-kernel-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            self.transport, self.ip = "ipc", os.path.join(folder, "kernel")
 
 
 def notebooks() -> list[Path]:
@@ -124,7 +141,7 @@ def run(selected: list[Path], params: dict, out_dir: Path, kernel: str | None = 
         try:
             papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=config.own_params(nb.stem, params),
                                        cwd=str(NOTEBOOKS_DIR), kernel_name=kernel, progress_bar=True,
-                                       request_save_on_cell_execute=True)
+                                       request_save_on_cell_execute=True, kernel_manager_class=LocalKernelManager)
         except papermill.PapermillExecutionError as err:
             overall.close()
             cell = f"[{err.exec_count}]" if err.exec_count else "not run"

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import models
 from helpers.config import TINY_TEACHER
-from helpers.course import current_kernel
+from helpers.course import LocalKernelManager, current_kernel
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 pytestmark = pytest.mark.skipif(not (TINY_TEACHER / "model.safetensors").exists(),
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(not (TINY_TEACHER / "model.safetensors").exists(
 def run(name, out_dir, **parameters):
     out = out_dir / f"{name}.ipynb"
     papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
-                               cwd=str(NOTEBOOKS), kernel_name=current_kernel(), progress_bar=False)
+                               cwd=str(NOTEBOOKS), kernel_name=current_kernel(), progress_bar=False,
+                               kernel_manager_class=LocalKernelManager)
     return json.loads(out.read_text("utf-8"))
 
 
