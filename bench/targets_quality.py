@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from helpers import evaluate, stats  # noqa: E402
-from helpers.files import RunDir, load_manifest  # noqa: E402
+from helpers.files import RunDir  # noqa: E402
+from helpers.manifest import load_manifest  # noqa: E402
 
 MODES = ("live", "topk", "sampled")
 SHARED = ("data", "teacher", "pseudo", "student_init")  # what every distillation reads, linked into its folder

@@ -311,6 +311,17 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def _choice_word(name: str, value):
+    """A choice parameter's own word for ``value`` when YAML 1.1 read that word as a boolean (``off``, ``on``, ``yes``,
+    ``no``): ``-p store_teacher_targets off`` means the choice ``"off"``, not ``False``."""
+    spec = SPECS.get(name)
+    if spec is not None and spec.kind == "choice" and isinstance(value, bool):
+        words = [c for c in spec.choices if isinstance(c, str) and read_yaml(c) is value]
+        if len(words) == 1:
+            return words[0]
+    return value
+
+
 def parse_params(files: list[str], pairs: list[list[str]], profile: str | None = None,
                  run_dir: str | None = None) -> dict:
     """Merge parameters: YAML files in order, then ``-p name value`` pairs (values parsed as YAML), then
@@ -330,6 +341,7 @@ def parse_params(files: list[str], pairs: list[list[str]], profile: str | None =
     if run_dir:
         params["run_dir"] = run_dir
     check_names(params, all_parameters(), "parameters")
+    params = {name: _choice_word(name, value) for name, value in params.items()}
     for name, value in params.items():
         if value is not None:
             check_value(name, value)

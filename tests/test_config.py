@@ -275,3 +275,14 @@ def test_a_parameters_file_holds_only_valid_names_that_differ_from_its_profile(p
     table = {k: v for nb in config.NOTEBOOK_PARAMS for k, v in config.defaults(nb, profile).items()}
     same = {k: v for k, v in params.items() if k != "profile" and table.get(k) == v}
     assert same == {}, f"{path.name} repeats its profile's defaults: {same}"
+
+
+def test_parse_params_reads_yaml_boolean_words_as_the_choice_they_spell(tmp_path):
+    # YAML 1.1 reads `off` as False; for a choice parameter the word is meant
+    assert config.parse_params([], [["store_teacher_targets", "off"], ["export_quantization", "off"]]) == {
+        "store_teacher_targets": "off", "export_quantization": "off"}
+    (tmp_path / "p.yaml").write_text("store_teacher_targets: off\n", "utf-8")
+    assert config.parse_params([str(tmp_path / "p.yaml")], []) == {"store_teacher_targets": "off"}
+    assert config.parse_params([], [["confidence_filter", "off"]]) == {"confidence_filter": False}  # a bool stays one
+    with pytest.raises(ValueError, match="teacher_targets must be one of"):
+        config.parse_params([], [["teacher_targets", "off"]])  # no such choice: still refused, by name
