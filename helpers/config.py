@@ -32,7 +32,7 @@ COMMON = {"profile": "tiny", "run_dir": "runs/tiny", "seed": 0, "live_plot": Tru
 # Parameters each notebook owns (besides COMMON). Values are the `tiny` profile's defaults. The tiny learning
 # rates were chosen on the valid split (best validation CER after training, seed 0, synthetic corpus):
 # teacher 2.5e-4 / 5e-4 / 1e-3 / 2e-3 -> 47.4 / 46.1 / 40.0 / 47.0 %; distillation 1e-3 / 2e-3 -> 42.8 / 45.0 %;
-# AdaLoRA on a student at 47.1 %: 2.5e-4 / 5e-4 / 1e-3 / 2e-3 -> 46.8 / 48.3 / 46.8 / 47.0 % (within noise of each other).
+# AdaLoRA on a student at 47.1 %: 2.5e-4 / 5e-4 / 1e-3 / 2e-3 -> 46.8 / 48.3 / 46.8 / 47.0 % (within noise).
 NOTEBOOK_PARAMS: dict[str, dict] = {
     "01_data": dict(source="synthetic", train_csv=None, valid_csv=None, test_csv=None, audio_column="file",
                     text_column="中文意譯", speaker_column=None, hub_dataset=None, hub_config=None,

@@ -74,7 +74,10 @@ def current_kernel() -> str:
 
     The kernel spec is written to a temporary folder put first on ``JUPYTER_PATH`` (for this process and the
     ones it starts): papermill and JupyterLab then run the notebooks with the packages of the environment the
-    course was started from, whatever kernels the user has installed elsewhere.
+    course was started from, whatever kernels the user has installed elsewhere. In a virtual environment that sees
+    its base Python's packages (``workbook.py`` makes one when that Python has PyTorch), the base's
+    ``share/jupyter`` follows the environment's own on ``JUPYTER_PATH``: the JupyterLab extensions of packages
+    installed there (ipywidgets' widget manager) are found, or JupyterLab shows widgets as plain text.
     """
     tag = hashlib.sha1(sys.executable.encode()).hexdigest()[:10]
     folder = Path(tempfile.gettempdir()) / f"breeze-workbook-kernels-{tag}"
@@ -83,9 +86,11 @@ def current_kernel() -> str:
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (ipykernel)", "language": "python"}), "utf-8")
-    paths = os.environ.get("JUPYTER_PATH", "")
-    if str(folder) not in paths.split(os.pathsep):
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder), paths]))
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    wanted = [str(folder)]
+    if Path(sys.prefix).resolve() != Path(sys.base_prefix).resolve():
+        wanted += [str(Path(prefix, "share", "jupyter")) for prefix in (sys.prefix, sys.base_prefix)]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(wanted + [p for p in paths if p not in wanted])
     return "python3"
 
 
