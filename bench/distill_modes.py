@@ -37,14 +37,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import config, distill, memory, models, student, train  # noqa: E402
 
-# (name, encoder mode, student encoder frozen, stored teacher targets)
-SETUPS = [("two encoders, student encoder trainable", "separate", False, None),
-          ("two encoders, student encoder frozen", "separate", True, None),
-          ("one shared encoder pass", "shared", True, None),
-          ("cached encoder outputs", "cached", True, None),
-          ("cached encoder outputs + stored top-k targets", "cached", True, "topk"),
-          ("cached encoder outputs + stored sampled targets", "cached", True, "sampled")]
-KEYS = dict(zip(("trainable", "frozen", "shared", "cached", "topk", "sampled"), (s[0] for s in SETUPS)))
+# key -> (name, encoder mode, student encoder frozen, stored teacher targets)
+SETUPS = {"trainable": ("two encoders, student encoder trainable", "separate", False, None),
+          "frozen": ("two encoders, student encoder frozen", "separate", True, None),
+          "shared": ("one shared encoder pass", "shared", True, None),
+          "cached": ("cached encoder outputs", "cached", True, None),
+          "topk": ("cached encoder outputs + stored top-k targets", "cached", True, "topk"),
+          "sampled": ("cached encoder outputs + stored sampled targets", "cached", True, "sampled")}
 
 
 def load_teacher(shape: str, device: str):
@@ -55,9 +54,9 @@ def load_teacher(shape: str, device: str):
     return models.WhisperForConditionalGeneration(models.real_config(shape)).to(device).eval()
 
 
-def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str, k: int, setups=tuple(KEYS)
+def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str, k: int, setups=tuple(SETUPS)
                ) -> tuple[dict[str, float], dict[str, float]]:
-    """``(seconds, peak bytes)`` per set-up (``setups``: keys of :data:`KEYS`): the fastest of ``rounds`` steps, and
+    """``(seconds, peak bytes)`` per set-up (``setups``: keys of :data:`SETUPS`): the fastest of ``rounds`` steps, and
     the tensor memory of one step. The set-ups with a frozen student encoder share one copy of it (it is never
     updated), so that a large shape fits in memory."""
     teacher = load_teacher(shape, device)
@@ -72,8 +71,8 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str,
     p = SimpleNamespace(**{**config.defaults("05_distill"), "per_device_train_batch_size": batch})
     processor = models.WhisperProcessor.from_pretrained(config.TINY_TEACHER)  # only for the Trainer's metric hook
     runs, frozen_encoder = {}, None
-    for name, mode, frozen, targets in SETUPS:
-        if name not in {KEYS[key] for key in setups}:
+    for key, (name, mode, frozen, targets) in SETUPS.items():
+        if key not in setups:
             continue
         pupil = student.init_student(teacher, decoder_layers=2)[0].train()
         if frozen:
@@ -128,7 +127,7 @@ def main(argv=None):
     ap.add_argument("--label-len", type=int, default=32, help="label tokens per utterance")
     ap.add_argument("--k", type=int, default=32, help="stored teacher tokens per label position")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
-    ap.add_argument("--setups", nargs="+", default=list(KEYS), choices=list(KEYS),
+    ap.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS),
                     help="which set-ups (default: all; at the Breeze shape on a CPU leave out 'trainable': its "
                          "AdamW state alone is 10 GB)")
     args = ap.parse_args(argv)
@@ -151,8 +150,8 @@ def main(argv=None):
         print(f"{shape}:")
         print(f"  {'set-up':<48}{'s/step':>8}{'vs two enc.':>12}{'vs shared':>10}{'vs cached':>10}{'peak MB':>9}")
         for name, seconds in best.items():
-            ratios = "".join(f"{best[KEYS[key]] / seconds:>{w}.2f}x" if KEYS[key] in best else f"{'-':>{w + 1}}"
-                             for key, w in (("trainable", 11), ("shared", 9), ("cached", 9)))
+            bases = ((best.get(SETUPS[key][0]), w) for key, w in (("trainable", 11), ("shared", 9), ("cached", 9)))
+            ratios = "".join(f"{base / seconds:>{w}.2f}x" if base else f"{'-':>{w + 1}}" for base, w in bases)
             print(f"  {name:<48}{seconds:>8.3f}{ratios}{peak[name] / 1e6:>9.0f}", flush=True)
         print()
     out.parent.mkdir(exist_ok=True)

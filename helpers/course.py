@@ -106,11 +106,12 @@ def key_figures(run_dir: Path) -> list[str]:
         lines.append(f"teacher: validation CER {m['valid_cer_before']:.1f}% before fine-tuning -> "
                      f"{m['valid_cer_after']:.1f}% after; test CER {m['test_cer']:.1f}%")
     if (m := read_json(run.pseudo_report)):
+        rule = f"CER <= {m['cer_threshold']:g}% where there is a reference"
+        if m.get("min_avg_logprob") is not None:
+            rule += f", mean token log-probability >= {m['min_avg_logprob']:.2f} where there is none"
         statuses = ", ".join(f"{n} {status}" for status, n in m.get("by_status", {}).items())
-        lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept (CER <= {m['cer_threshold']:g}% "
-                     f"where there is a reference" + (f", mean token log-probability >= {m['min_avg_logprob']:.2f} "
-                     "where there is none" if m.get("min_avg_logprob") is not None else "") +
-                     (f"): {statuses}" if statuses else ")"))
+        lines.append(f"pseudo-labels: {m['kept']} of {m['utterances']} utterances kept ({rule})"
+                     + (f": {statuses}" if statuses else ""))
     if (m := read_json(run.metrics("student_init"))):
         lines.append(f"student: decoder layers {m['layer_map']['decoder']} of the teacher's "
                      f"{m['layer_map']['decoder'][-1] + 1}")
