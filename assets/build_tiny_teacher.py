@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import synth, text  # noqa: E402
-from helpers.collate import WhisperCollator, read_audio  # noqa: E402
-from helpers.models import TINY_TEACHER, build_tokenizer, new_tiny_whisper, save_whisper  # noqa: E402
+from helpers.speech import synth, text  # noqa: E402
+from helpers.speech.collate import WhisperCollator, read_audio  # noqa: E402
+from helpers.whisper.models import TINY_TEACHER, build_tokenizer, new_tiny_whisper, save_whisper  # noqa: E402
 
 PRETRAIN_VOICES = ["cmn+f1", "cmn+f2", "cmn+f3", "cmn+m1", "cmn+m2", "cmn+m3", "cmn+m8"]
 

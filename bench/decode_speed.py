@@ -36,7 +36,8 @@ from transformers import GenerationConfig, GenerationMixin, WhisperForConditiona
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import models, student  # noqa: E402
+from helpers import student  # noqa: E402
+from helpers.whisper import models
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257

@@ -35,7 +35,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import config, distill, memory, models, student, train  # noqa: E402
+from helpers import config, distill, student
+from helpers.figures import memory
+from helpers.whisper import models, train  # noqa: E402
 
 # key -> (name, encoder mode, student encoder frozen, stored teacher targets)
 SETUPS = {"trainable": ("two encoders, student encoder trainable", "separate", False, None),

@@ -49,7 +49,8 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import models, student  # noqa: E402
+from helpers import student  # noqa: E402
+from helpers.whisper import models
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257

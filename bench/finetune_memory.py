@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers.models import real_config  # noqa: E402
-from helpers.train import LORA_TARGETS  # noqa: E402
+from helpers.whisper.models import real_config  # noqa: E402
+from helpers.whisper.train import LORA_TARGETS  # noqa: E402
 
 RECIPES = ["full", "full+ckpt", "lora", "lora+ckpt", "lora8bit+ckpt"]
 GIB = 2 ** 30

@@ -5,7 +5,7 @@ data, teacher, pseudo-labels, stored targets and initial student, linked, not co
 ``teacher_targets`` mode: ``live`` (the teacher's decoder every step), ``topk`` and ``sampled`` (its stored
 distributions, the teacher never run). Every student is then scored on the valid split (what a choice between the
 modes would look at) and on the test split, where ``topk`` and ``sampled`` are compared with ``live`` of the same
-seed on the same utterances: the paired CER difference with its 95 % bootstrap interval (``helpers.stats``).
+seed on the same utterances: the paired CER difference with its 95 % bootstrap interval (``helpers.figures.stats``).
 
     python -m helpers.course --to 04                   # a run folder with stored targets (notebook 03's default)
     python bench/targets_quality.py --run-dir runs/tiny --seeds 0 1
@@ -26,9 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from helpers import evaluate, stats  # noqa: E402
+from helpers import evaluate  # noqa: E402
+from helpers.figures import stats  # noqa: E402
 from helpers.files import RunDir  # noqa: E402
-from helpers.manifest import load_manifest  # noqa: E402
+from helpers.speech.manifest import load_manifest  # noqa: E402
 
 MODES = ("live", "topk", "sampled")
 SHARED = ("data", "teacher", "pseudo", "student_init")  # what every distillation reads, linked into its folder

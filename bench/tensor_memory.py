@@ -1,13 +1,13 @@
 """Which fine-tuning recipe for Breeze-ASR-25 fits an 8 GB GPU? Tensor memory of one training step, on the CPU.
 
 What it measures. For each recipe it builds a model of the exact Breeze-ASR-25 shape (Whisper-large-v2: 32+32
-layers, width 1280, 51865 tokens; ``helpers.models.real_config``) with the workbook's own ``train.prepare_model``
-(LoRA r=32 on q/k/v/out_proj/fc1/fc2, gradient checkpointing), makes its weights *fake* tensors
+layers, width 1280, 51865 tokens; ``helpers.whisper.models.real_config``) with the workbook's own
+``train.prepare_model`` (LoRA r=32 on q/k/v/out_proj/fc1/fc2, gradient checkpointing), makes its weights *fake* tensors
 (``FakeTensorMode``: shapes, dtypes and storage sizes, no memory, no arithmetic), and runs ONE real training step
 on a batch of 2 x 30 s (input_features 2 x 80 x 3000) with 448-token labels: forward under autocast, backward,
 ``AdamW.step()`` (fused, the Trainer's default ``adamw_torch_fused``), ``zero_grad``; then the next step with 2
 accumulated micro-batches (``steady_state``), as every later step of a run is: the optimizer state and the first
-micro-batch's gradients are alive through its forward pass. ``helpers.memory.TensorMemory``
+micro-batch's gradients are alive through its forward pass. ``helpers.figures.memory.TensorMemory``
 (a ``TorchDispatchMode``) adds up every tensor storage alive at each moment (rounded up to 512 bytes, the CUDA
 caching allocator's block size) and reports the peak with its breakdown: parameters, gradients, optimizer state,
 activations and temporaries. The accounting is checked against real tensors (``--validate``, and the unit test
@@ -15,7 +15,7 @@ tests/test_memory.py) and against ``torch.distributed._tools.mem_tracker.MemTrac
 
 What it does not measure. This is a CPU measurement of tensor memory, not a GPU reading:
 * CPU autocast stands in for CUDA autocast. They differ in one op the model uses: CUDA autocast runs
-  ``layer_norm`` in float32, CPU autocast does not; ``helpers.memory.cuda_autocast_policy`` makes the CPU do as
+  ``layer_norm`` in float32, CPU autocast does not; ``helpers.figures.memory.cuda_autocast_policy`` makes the CPU do as
   CUDA does (``--cpu-autocast`` turns it off). Attention runs the CPU flash kernel (output + logsumexp kept, like
   CUDA's flash/memory-efficient kernels); the kernels' internal scratch memory is not seen.
 * Fake tensors cannot answer data-dependent questions, so transformers materialises the decoder's causal mask
@@ -51,8 +51,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import memory, train  # noqa: E402
-from helpers.models import real_config  # noqa: E402
+from helpers.figures import memory
+from helpers.whisper import train  # noqa: E402
+from helpers.whisper.models import real_config  # noqa: E402
 
 GB = memory.GB
 RESULTS = Path(__file__).resolve().parent / "results" / "tensor_memory_cpu.json"

@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from . import config, models, train
-from .collate import to_dataset
-from .decode import transcribe
+from . import cli, config
 from .files import RunDir, shown, write_json
-from .manifest import load_manifest
-from .text import score
+from .speech.collate import to_dataset
+from .speech.manifest import load_manifest
+from .speech.text import score
+from .whisper import models, train
+from .whisper.decode import transcribe
 
 TARGET_MODULES = train.LORA_TARGETS
 
@@ -214,4 +215,4 @@ def run_phase(p) -> dict | None:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(config.phase_main("adalora", run_phase))
+    sys.exit(cli.phase_main("adalora", run_phase))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
-from . import config
+from . import cli, config
 from .files import RunDir, read_json, shown
 
 NOTEBOOKS_DIR = config.REPO / "notebooks"
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         selected = select(notebooks(), args.start, args.stop)
-        params = config.parse_params(args.parameters_file, args.parameter, args.profile, args.run_dir)
+        params = cli.parse_params(args.parameters_file, args.parameter, args.profile, args.run_dir)
         params.setdefault("live_plot", False)  # nobody watches a batch run: draw the final figures only
         run_dir = check_all(selected, params)
     except ValueError as err:

@@ -2,7 +2,7 @@
 
     python -m helpers.data --run-dir runs/tiny -p num_train 1200
 
-Every source ends up as one manifest format (:mod:`helpers.manifest`); every row a model cannot use is skipped
+Every source ends up as one manifest format (:mod:`helpers.speech.manifest`); every row a model cannot use is skipped
 and reported, never silently dropped.
 """
 from __future__ import annotations
@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from . import config, text
-from .audio import read_audio
+from . import cli, config
 from .files import RunDir, shown
-from .manifest import UNLABELLED, check_rows, holdout_split, read_csv, save_manifests, take, text_overlap
-from .sources import cut_long, find_audio, load_hub, load_synthetic
+from .speech import text
+from .speech.audio import read_audio
+from .speech.manifest import UNLABELLED, check_rows, holdout_split, read_csv, save_manifests, take, text_overlap
+from .speech.sources import cut_long, find_audio, load_hub, load_synthetic
 
 # ---------------------------------------------------------------------------------------------
 # The whole data phase (notebook 01) in one call
@@ -165,4 +166,4 @@ def run_phase(p) -> dict:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(config.phase_main("data", run_phase))
+    sys.exit(cli.phase_main("data", run_phase))

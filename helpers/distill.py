@@ -11,7 +11,7 @@ non-padding label positions. Three encoder modes, chosen automatically:
 
 And three ways to get the teacher's soft targets (``teacher_targets``): ``live`` (the teacher's decoder runs beside
 the student's at every step), or ``topk`` / ``sampled``: read from what notebook 03 stored
-(:mod:`helpers.teacher_targets`), so the teacher never runs during training and only the student's decoder (with
+(:mod:`helpers.whisper.teacher_targets`), so the teacher never runs during training and only the student's decoder (with
 the cached encoder outputs) is left in each step.
 """
 from __future__ import annotations
@@ -22,14 +22,15 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
-from . import config, models, train
-from .collate import WhisperCollator, pad_labels, to_dataset
-from .decode import transcribe
-from .encoder_cache import open_encoder_cache
+from . import cli
 from .files import RunDir, shown, write_json
-from .manifest import load_manifest
-from .teacher_targets import kl_from_targets, model_fingerprint, open_targets
-from .text import score
+from .speech.collate import WhisperCollator, pad_labels, to_dataset
+from .speech.manifest import load_manifest
+from .speech.text import score
+from .whisper import models, train
+from .whisper.decode import transcribe
+from .whisper.encoder_cache import open_encoder_cache
+from .whisper.teacher_targets import kl_from_targets, model_fingerprint, open_targets
 
 MODES = ("shared", "cached", "separate", "own encoder")
 
@@ -266,4 +267,4 @@ def run_phase(p) -> dict | None:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(config.phase_main("distill", run_phase))
+    sys.exit(cli.phase_main("distill", run_phase))

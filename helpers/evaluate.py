@@ -15,13 +15,13 @@ import pandas as pd
 import torch
 from transformers import WhisperConfig
 
-from . import text
 from .config import REPO, repo_path
-from .decode import default_device, transcribe
+from .figures.memory import PeakMemory
 from .files import RunDir, atomic_write, read_json, write_json
-from .manifest import check_rows, read_csv
-from .memory import PeakMemory
-from .models import count_parameters, load_whisper
+from .speech import text
+from .speech.manifest import check_rows, read_csv
+from .whisper.decode import default_device, transcribe
+from .whisper.models import count_parameters, load_whisper
 
 # The stages the course writes into run_dir, in order: (name, RunDir folder). The base teacher's folder or hub
 # id is read from the fine-tuned teacher's metrics (notebook 02 records it).

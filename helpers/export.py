@@ -6,7 +6,7 @@
 ``run_dir/export/<model>-ct2-<quantization>/``, with the files the runtime needs (``tokenizer.json``,
 ``preprocessor_config.json``) and ``export.json`` (source, its SHA-256, sizes, versions). :func:`compare_exports`
 puts exports beside the transformers model for notebook 07. Running an export (``load_export``,
-``transcribe_export``, ``transcribe_long`` for recordings of any length) lives in :mod:`helpers.longform` and is
+``transcribe_export``, ``transcribe_long`` for recordings of any length) lives in :mod:`helpers.whisper.longform` and is
 importable from here too.
 
 Two runtimes (``longform.runtime_for``): the standard Whisper layout (51865 tokens with timestamps, 30 s window:
@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .decode import transcribe
+from .figures.stats import spread
 from .files import RunDir, read_json, shown, write_json
-from .longform import (
+from .speech.text import cer, score
+from .whisper.decode import transcribe
+from .whisper.longform import (
     MANIFEST,
     Export,
     LongRecording,
@@ -41,9 +43,7 @@ from .longform import (
     transcribe_export,
     transcribe_long,
 )
-from .models import LoadedWhisper, load_whisper, no_transformers_bars
-from .stats import spread
-from .text import cer, score
+from .whisper.models import LoadedWhisper, load_whisper, no_transformers_bars
 
 __all__ = ["QUANTIZATIONS", "supported_quantizations", "check_quantization", "resolve_source", "fingerprint",
            "folder_bytes", "fix_alignment_heads", "export_model", "compare_exports", "main", "Export", "load_export",

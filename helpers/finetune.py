@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import config, models, train
-from .collate import to_dataset
-from .decode import transcribe
+from . import cli
 from .files import RunDir, shown
-from .manifest import load_manifest
-from .text import score
+from .speech.collate import to_dataset
+from .speech.manifest import load_manifest
+from .speech.text import score
+from .whisper import models, train
+from .whisper.decode import transcribe
 
 
 def run_phase(p) -> dict | None:
@@ -61,4 +62,4 @@ def run_phase(p) -> dict | None:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(config.phase_main("finetune", run_phase))
+    sys.exit(cli.phase_main("finetune", run_phase))

@@ -23,7 +23,7 @@ import torch
 
 from . import adalora, data, distill, finetune, pseudo, student
 from .files import RunDir, read_json
-from .processes import free_port
+from .whisper.processes import free_port
 
 RUN_PHASE = {"data": data.run_phase, "finetune": finetune.run_phase, "pseudo": pseudo.run_phase,
              "student": student.run_phase, "distill": distill.run_phase, "adalora": adalora.run_phase}

@@ -16,13 +16,15 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from . import config, models, text
-from .decode import sequence_confidence, transcribe
-from .encoder_cache import CacheWriter, cache_bytes, open_encoder_cache
+from . import cli
 from .files import RunDir, shown
-from .manifest import audio_to_pseudo_label, load_manifest, save_manifests
-from .processes import gather_blocks, process_state
-from .teacher_targets import label_ids, target_bytes, write_targets
+from .speech import text
+from .speech.manifest import audio_to_pseudo_label, load_manifest, save_manifests
+from .whisper import models
+from .whisper.decode import sequence_confidence, transcribe
+from .whisper.encoder_cache import CacheWriter, cache_bytes, open_encoder_cache
+from .whisper.processes import gather_blocks, process_state
+from .whisper.teacher_targets import label_ids, target_bytes, write_targets
 
 # A unit of 1-8 characters repeated 4 or more times in a row ("的的的的", "meetingmeetingmeetingmeeting").
 _LOOP = re.compile(r"(.{1,8}?)\1{3,}")
@@ -244,4 +246,4 @@ def run_phase(p) -> dict:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(config.phase_main("pseudo", run_phase))
+    sys.exit(cli.phase_main("pseudo", run_phase))

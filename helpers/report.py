@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import stats
 from .evaluate import STUDENTS, TEACHERS
+from .figures import stats
 from .files import RunDir, read_json
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .decode import transcribe
 from .evaluate import STUDENTS, TEACHERS
-from .models import check_compatible, decoder_only, load_whisper, same_encoder
-from .stats import overlap, spread
-from .text import score
+from .figures.stats import overlap, spread
+from .speech.text import score
+from .whisper.decode import transcribe
+from .whisper.models import check_compatible, decoder_only, load_whisper, same_encoder
 
 
 def make_assistant(teacher, student) -> tuple[object, str]:

@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from . import config, models
-from .audio import log_mel, read_row
-from .decode import compare_speed
+from . import cli
 from .files import RunDir, shown, write_json
-from .manifest import load_manifest
-from .text import score
+from .speech.audio import log_mel, read_row
+from .speech.manifest import load_manifest
+from .speech.text import score
+from .whisper import models
+from .whisper.decode import compare_speed
 
 _LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$")
 
@@ -179,4 +180,4 @@ def run_phase(p) -> dict:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(config.phase_main("student", run_phase))
+    sys.exit(cli.phase_main("student", run_phase))

@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import longform, plots, text
-from .audio import log_mel, read_row
-from .models import load_whisper, window_seconds
+from .figures import plots
+from .speech import text
+from .speech.audio import log_mel, read_row
+from .whisper import longform
+from .whisper.models import load_whisper, window_seconds
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 SAMPLING_RATE = 16_000

@@ -50,7 +50,8 @@ def synthetic_run(tmp_path_factory):
 def build_tiny_whisper():
     """``(model, processor)``: tokenizer of 300 BPE tokens + 10 specials, a 1+1-layer width-64 Whisper."""
     if "tiny_whisper" not in _CACHE:
-        from helpers import models, synth
+        from helpers.speech import synth
+        from helpers.whisper import models
 
         rng = random.Random(0)
         texts = [synth.make_sentence(rng) for _ in range(200)]

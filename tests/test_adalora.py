@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import adalora, config, train
-from helpers.collate import to_dataset
-from helpers.models import LoadedWhisper, load_whisper
+from helpers import adalora, config
+from helpers.speech.collate import to_dataset
+from helpers.whisper import train
+from helpers.whisper.models import LoadedWhisper, load_whisper
 from tests.fixtures import build_tiny_whisper
 
 

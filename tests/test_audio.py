@@ -1,10 +1,10 @@
-"""Specification of helpers.audio: reading any file or a piece of one, mono, resampled; log-mel features."""
+"""Specification of helpers.speech.audio: reading any file or a piece of one, mono, resampled; log-mel features."""
 import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers.audio import duration_of, log_mel, read_audio, read_row
-from helpers.models import tiny_feature_extractor
+from helpers.speech.audio import duration_of, log_mel, read_audio, read_row
+from helpers.whisper.models import tiny_feature_extractor
 from tests.fixtures import write_tone
 
 

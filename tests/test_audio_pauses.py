@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import audio
+from helpers.speech import audio
 
 SR = 16_000
 PAD = 0.2  # synth.render's padding either side of the speech

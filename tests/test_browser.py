@@ -60,7 +60,8 @@ def run_folder(tmp_path, synthetic_run):
     """A run folder with every stage notebook 07 looks for, untrained but real: the synthetic data of notebook 01,
     the tiny teacher as fine-tuned teacher (and as base teacher, named in its metrics), and a 2-decoder-layer
     student cut from it as the student before KD and as the distilled student (chosen on its validation CER)."""
-    from helpers import models, student
+    from helpers import student
+    from helpers.whisper import models
 
     params, _ = synthetic_run
     run = tmp_path / "run"
@@ -143,7 +144,7 @@ def jupyterlab(tmp_path, lab_root):
     """``(url, log file)`` of a JupyterLab serving ``lab_root`` on a free loopback port, without token or browser,
     its kernel ``python3`` running this Python; stopped at teardown, whatever happened."""
     from helpers.course import current_kernel
-    from helpers.processes import free_port
+    from helpers.whisper.processes import free_port
 
     current_kernel()  # JUPYTER_PATH: the notebook's python3 kernel is this Python
     home = tmp_path / "jupyter"

@@ -1,4 +1,4 @@
-"""Specification of helpers.collate: on-the-fly features and labels, batch padding.
+"""Specification of helpers.speech.collate: on-the-fly features and labels, batch padding.
 
 The processor is the tiny one of tests/fixtures.py: Whisper log-mel features over a 5 s window
 (80 mel bins x 500 frames, 100 frames per second) and a 310-token BPE tokenizer.
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.collate import FeatureTransform, WhisperCollator, to_dataset
+from helpers.speech.collate import FeatureTransform, WhisperCollator, to_dataset
 from tests.fixtures import write_tone
 
 SOT, EOT = 1000, 1001  # stand-in ids for the collator tests (it only compares ids)

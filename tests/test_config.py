@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import config
+from helpers import cli, config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,17 +217,17 @@ def test_every_parameter_has_a_type_and_every_type_a_parameter():
 
 def test_parse_params_refuses_an_unknown_name_listing_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) max_stepz; valid names: .*max_steps"):
-        config.parse_params([], [["max_stepz", "3"]])
+        cli.parse_params([], [["max_stepz", "3"]])
 
 
 def test_parse_params_refuses_a_bad_value_before_anything_runs():
     with pytest.raises(ValueError, match="parameter max_steps must be an integer >= 1, got 'abc'"):
-        config.parse_params([], [["max_steps", "abc"]])
+        cli.parse_params([], [["max_steps", "abc"]])
 
 
 def test_parse_params_refuses_an_unknown_profile():
     with pytest.raises(ValueError, match="profile must be one of"):
-        config.parse_params([], [], profile="nope")
+        cli.parse_params([], [], profile="nope")
 
 
 # ---------------------------------------------------------------- the notebooks' parameters cells
@@ -270,7 +270,7 @@ PARAMS_FILES = sorted((REPO / "params").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
 def test_a_parameters_file_holds_only_valid_names_that_differ_from_its_profile(path):
-    params = config.parse_params([str(path)], [])  # names and values checked
+    params = cli.parse_params([str(path)], [])  # names and values checked
     profile = params.get("profile", "tiny")
     table = {k: v for nb in config.NOTEBOOK_PARAMS for k, v in config.defaults(nb, profile).items()}
     same = {k: v for k, v in params.items() if k != "profile" and table.get(k) == v}
@@ -279,10 +279,10 @@ def test_a_parameters_file_holds_only_valid_names_that_differ_from_its_profile(p
 
 def test_parse_params_reads_yaml_boolean_words_as_the_choice_they_spell(tmp_path):
     # YAML 1.1 reads `off` as False; for a choice parameter the word is meant
-    assert config.parse_params([], [["store_teacher_targets", "off"], ["export_quantization", "off"]]) == {
+    assert cli.parse_params([], [["store_teacher_targets", "off"], ["export_quantization", "off"]]) == {
         "store_teacher_targets": "off", "export_quantization": "off"}
     (tmp_path / "p.yaml").write_text("store_teacher_targets: off\n", "utf-8")
-    assert config.parse_params([str(tmp_path / "p.yaml")], []) == {"store_teacher_targets": "off"}
-    assert config.parse_params([], [["confidence_filter", "off"]]) == {"confidence_filter": False}  # a bool stays one
+    assert cli.parse_params([str(tmp_path / "p.yaml")], []) == {"store_teacher_targets": "off"}
+    assert cli.parse_params([], [["confidence_filter", "off"]]) == {"confidence_filter": False}  # a bool stays one
     with pytest.raises(ValueError, match="teacher_targets must be one of"):
-        config.parse_params([], [["teacher_targets", "off"]])  # no such choice: still refused, by name
+        cli.parse_params([], [["teacher_targets", "off"]])  # no such choice: still refused, by name

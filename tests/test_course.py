@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import config, course
+from helpers import cli, config, course
 from helpers.files import write_json
 
 NOTEBOOKS = [Path(f"/nb/{n}.ipynb") for n in ("01_data", "02_breeze_finetune", "03_distill", "04_evaluate")]
@@ -15,7 +15,7 @@ def stems(paths):
     return [p.stem for p in paths]
 
 
-# ---------------------------------------------------------------- parse_params (config.parse_params)
+# ---------------------------------------------------------------- parse_params (cli.parse_params)
 
 
 def yaml_file(tmp_path, name, text):
@@ -28,12 +28,12 @@ def test_parse_params_merges_yaml_files_in_order_later_files_winning(tmp_path):
     first = yaml_file(tmp_path, "a.yaml", "max_steps: 100\nsource: csv\n")
     second = yaml_file(tmp_path, "b.yaml", "max_steps: 200\ntrain_csv: data/train.csv\n")
     expected = {"max_steps": 200, "source": "csv", "train_csv": "data/train.csv"}
-    assert config.parse_params([first, second], []) == expected
+    assert cli.parse_params([first, second], []) == expected
 
 
 def test_parse_params_pairs_override_the_yaml_files(tmp_path):
     params_file = yaml_file(tmp_path, "a.yaml", "max_steps: 100\n")
-    assert config.parse_params([params_file], [["max_steps", "300"]]) == {"max_steps": 300}
+    assert cli.parse_params([params_file], [["max_steps", "300"]]) == {"max_steps": 300}
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -47,38 +47,38 @@ def test_parse_params_pairs_override_the_yaml_files(tmp_path):
     ("learning_rate", "5e-4", 5e-4),        # e notation is a float (YAML 1.1 alone would read a string)
 ])
 def test_parse_params_reads_pair_values_as_yaml(name, value, expected):
-    parsed = config.parse_params([], [[name, value]])[name]
+    parsed = cli.parse_params([], [[name, value]])[name]
     assert parsed == expected and type(parsed) is type(expected)
 
 
 def test_parse_params_profile_and_run_dir_options_beat_the_files(tmp_path):
     params_file = yaml_file(tmp_path, "a.yaml", "profile: tiny\nrun_dir: runs/a\n")
-    assert config.parse_params([params_file], [], "full", "runs/mine") == {"profile": "full", "run_dir": "runs/mine"}
+    assert cli.parse_params([params_file], [], "full", "runs/mine") == {"profile": "full", "run_dir": "runs/mine"}
 
 
 def test_a_profile_alone_runs_into_its_own_run_dir():
-    params = config.parse_params([], [], "gpu-8gb")
+    params = cli.parse_params([], [], "gpu-8gb")
     assert course.check_all(course.notebooks()[:1], params) == config.REPO / "runs" / "gpu-8gb"
 
 
 def test_parse_params_without_anything_is_empty_and_runs_into_runs_tiny():
-    assert config.parse_params([], []) == {}
+    assert cli.parse_params([], []) == {}
     assert course.check_all(course.notebooks(), {}) == config.REPO / "runs" / "tiny"
 
 
 def test_parse_params_accepts_an_empty_yaml_file(tmp_path):
-    assert config.parse_params([yaml_file(tmp_path, "empty.yaml", "")], []) == {}
+    assert cli.parse_params([yaml_file(tmp_path, "empty.yaml", "")], []) == {}
 
 
 def test_parse_params_refuses_a_yaml_file_that_is_not_a_mapping(tmp_path):
     params_file = yaml_file(tmp_path, "list.yaml", "- max_steps\n- 3\n")
     with pytest.raises(ValueError, match="expected a mapping"):
-        config.parse_params([params_file], [])
+        cli.parse_params([params_file], [])
 
 
 def test_parse_params_refuses_a_missing_yaml_file(tmp_path):
     with pytest.raises(ValueError, match="parameters file .*nope.yaml does not exist"):
-        config.parse_params([str(tmp_path / "nope.yaml")], [])
+        cli.parse_params([str(tmp_path / "nope.yaml")], [])
 
 
 # ---------------------------------------------------------------- select

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import config, data, manifest
+from helpers import config, data
+from helpers.speech import manifest
 from tests.fixtures import write_tone
 
 HEADER = "file,中文意譯\n"
@@ -492,7 +493,7 @@ def test_prepare_writes_manifests_that_load_back(synthetic_run):
 
 
 def test_prepare_synthetic_writes_an_unlabelled_split_without_transcripts_from_training_voices(synthetic_run):
-    from helpers import synth
+    from helpers.speech import synth
 
     params, result = synthetic_run
     unlabelled = result["unlabelled"]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import config, distill, encoder_cache, pseudo, student
-from helpers.models import LoadedWhisper
+from helpers import config, distill, pseudo, student
+from helpers.whisper import encoder_cache
+from helpers.whisper.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper
 
 
@@ -72,7 +73,7 @@ def test_modes_are_chosen_from_what_the_encoders_allow():
 def trainer_for(mode, teacher, pupil, tmp_path):
     p = SimpleNamespace(**{**config.defaults("05_distill"), "max_steps": 2, "eval_steps": 1, "save_steps": 1,
                            "per_device_train_batch_size": 2, "warmup_steps": 0, "generation_max_length": 8})
-    from helpers import train
+    from helpers.whisper import train
     return train.build_trainer(p, pupil, None, [{"labels": [1]}], tmp_path, trainer_class=distill.DistillTrainer,
                                teacher_model=teacher.model, mode=mode)
 
@@ -96,7 +97,7 @@ def test_every_encoder_mode_gives_the_loss_of_the_plain_computation(tmp_path):
 
 
 def test_cached_collator_stacks_cache_rows_and_pads_labels():
-    from helpers.collate import WhisperCollator
+    from helpers.speech.collate import WhisperCollator
     cache = np.arange(3 * 2 * 4, dtype=np.float16).reshape(3, 2, 4)
     collate = distill.CachedCollator(cache, WhisperCollator(None, decoder_start_token_id=99))
     batch = collate([{"cache_index": 2, "labels": [99, 5, 6]}, {"cache_index": 0, "labels": [7]}])
@@ -132,7 +133,8 @@ def test_distillation_in_cache_mode_trains_the_decoder_and_leaves_frozen_weights
 def test_distillation_refuses_a_student_with_another_vocabulary(tmp_path, synthetic_run):
     import random
 
-    from helpers import models, synth
+    from helpers.speech import synth
+    from helpers.whisper import models
     _, result = synthetic_run
     teacher, _ = pair()
     rng = random.Random(7)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import encoder_cache, pseudo
-from helpers.audio import log_mel, read_row
-from helpers.models import LoadedWhisper, tiny_feature_extractor
+from helpers import pseudo
+from helpers.speech.audio import log_mel, read_row
+from helpers.whisper import encoder_cache
+from helpers.whisper.models import LoadedWhisper, tiny_feature_extractor
 from tests.fixtures import build_tiny_whisper
 
 

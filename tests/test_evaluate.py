@@ -1,4 +1,4 @@
-"""Specification of helpers.evaluate, helpers.decode and helpers.speculative: metrics on known predictions,
+"""Specification of helpers.evaluate, helpers.whisper.decode and helpers.speculative: metrics on known predictions,
 RTFx, the side-by-side evaluation of several models with a failing one among them, the results files, and
 speculative decoding that must give the teacher's greedy transcripts exactly.
 
@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import decode, evaluate, files, models, report, speculative, student, text
+from helpers import evaluate, files, report, speculative, student
 from helpers.config import TINY_TEACHER
+from helpers.figures.memory import PeakMemory
 from helpers.files import write_json
-from helpers.manifest import load_manifest
-from helpers.memory import PeakMemory
+from helpers.speech import text
+from helpers.speech.manifest import load_manifest
+from helpers.whisper import decode, models
 from tests.fixtures import build_tiny_whisper, write_tone
 
 

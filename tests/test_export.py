@@ -18,8 +18,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import config, decode, export, longform, models, student, text
+from helpers import config, export, student
 from helpers.files import read_json, write_json
+from helpers.speech import text
+from helpers.whisper import decode, longform, models
 
 _BUILT: dict = {}
 

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import config, launch, models, processes, student
+from helpers import cli, config, launch, student
 from helpers.files import read_json
-from helpers.manifest import load_manifest, save_manifests
-from helpers.models import LoadedWhisper
-from helpers.processes import free_port
+from helpers.speech.manifest import load_manifest, save_manifests
+from helpers.whisper import models, processes
+from helpers.whisper.models import LoadedWhisper
+from helpers.whisper.processes import free_port
 from tests.fixtures import build_tiny_whisper
 
 
@@ -41,19 +42,19 @@ def test_a_phase_takes_its_notebooks_parameters_and_leaves_other_notebooks_ones_
 
 def test_the_command_refuses_an_unknown_parameter_by_name_before_running(capsys):
     ran = []
-    assert config.phase_main("pseudo", ran.append, ["-p", "cer_treshold", "10"]) == 2
+    assert cli.phase_main("pseudo", ran.append, ["-p", "cer_treshold", "10"]) == 2
     err = capsys.readouterr().err
     assert ran == [] and "cer_treshold" in err and "cer_threshold" in err  # the valid names are listed
     assert "Traceback" not in err
 
 
 def test_the_command_refuses_a_value_of_the_wrong_type_in_one_line(capsys):
-    assert config.phase_main("distill", lambda p: None, ["-p", "max_steps", "abc"]) == 2
+    assert cli.phase_main("distill", lambda p: None, ["-p", "max_steps", "abc"]) == 2
     assert capsys.readouterr().err == "error: parameter max_steps must be an integer >= 1, got 'abc' (str)\n"
 
 
 def test_the_command_says_which_input_is_missing_without_a_traceback(tmp_path, capsys):
-    assert config.phase_main("distill", launch.RUN_PHASE["distill"], ["--run-dir", str(tmp_path)]) == 2
+    assert cli.phase_main("distill", launch.RUN_PHASE["distill"], ["--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "teacher" in err and "Traceback" not in err
 
@@ -165,8 +166,8 @@ def test_two_processes_of_batch_2_distil_like_one_process_of_batch_4(tmp_path, s
 def test_two_processes_read_their_shares_of_the_stored_teacher_targets_like_one(tmp_path, synthetic_run):
     """Distillation from stored top-k targets (the teacher never runs): two processes of batch 2 log the same loss,
     CE and KL at every step as one process of batch 4, each process reading the targets of its own utterances."""
-    from helpers import teacher_targets
     from helpers.files import RunDir
+    from helpers.whisper import teacher_targets
 
     runs = []
     for name in ("one", "two"):

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import decode, export, longform, models, synth, text
+from helpers import export
 from helpers.config import TINY_TEACHER
+from helpers.speech import synth, text
+from helpers.whisper import decode, longform, models
 from tests.test_export import standard_whisper
 
 

@@ -1,4 +1,4 @@
-"""Specification of helpers.memory: tensor memory of one training step, on real and on fake tensors.
+"""Specification of helpers.figures.memory: tensor memory of one training step, on real and on fake tensors.
 
 The model is the shared tiny Whisper (tests/fixtures.py: 1+1 layers, width 64, 2 heads, ffn 128, 5 s window =
 250 encoder positions, 96 target positions), rebuilt from its config: once with real tensors on the CPU and
@@ -14,8 +14,8 @@ from peft import LoraConfig, get_peft_model
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import WhisperForConditionalGeneration
 
-from helpers import memory
-from helpers.train import LORA_TARGETS
+from helpers.figures import memory
+from helpers.whisper.train import LORA_TARGETS
 
 R = 4  # LoRA rank used here
 LABELS = 20

@@ -1,4 +1,4 @@
-"""Specification of helpers.models: the tiny offline Whisper, its tokenizer, saving, loading and counting.
+"""Specification of helpers.whisper.models: the tiny offline Whisper, its tokenizer, saving, loading and counting.
 
 The shared tokenizer (tests/fixtures.py) has 300 byte-level BPE tokens (ids 0-299) plus Whisper's
 10 special tokens (ids 300-309); the shared model is a random 1+1-layer Whisper of width 64.
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from helpers import models
+from helpers.whisper import models
 
 SENTENCE = "明天下午三點的meeting改到台北車站"
 PROMPT = ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]

@@ -10,9 +10,9 @@ import pandas as pd
 import papermill
 import pytest
 
-from helpers import models
 from helpers.config import TINY_TEACHER
 from helpers.course import LocalKernelManager, current_kernel
+from helpers.whisper import models
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 pytestmark = pytest.mark.skipif(not (TINY_TEACHER / "model.safetensors").exists(),
@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory, synthetic_run):
     """A folder of untranscribed audio: one recording of 6 synthetic sentences with pauses, several windows long."""
-    from helpers.longform import make_long_recording
+    from helpers.whisper.longform import make_long_recording
 
     _, result = synthetic_run
     folder = tmp_path_factory.mktemp("recordings")

@@ -11,8 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import adalora, config, distill, files, finetune, manifest, models, student, train
-from helpers.models import LoadedWhisper
+from helpers import adalora, config, distill, files, finetune, student
+from helpers.speech import manifest
+from helpers.whisper import models, train
+from helpers.whisper.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper
 
 TRAINING = dict(max_steps=2, eval_steps=2, save_steps=2, warmup_steps=0, per_device_train_batch_size=2,

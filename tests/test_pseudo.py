@@ -4,8 +4,9 @@ import copy
 import pandas as pd
 import pytest
 
-from helpers import encoder_cache, pseudo
-from helpers.models import LoadedWhisper, tiny_feature_extractor
+from helpers import pseudo
+from helpers.whisper import encoder_cache
+from helpers.whisper.models import LoadedWhisper, tiny_feature_extractor
 from tests.fixtures import build_tiny_whisper
 
 
@@ -66,7 +67,8 @@ def test_pseudo_label_transcribes_every_row_and_reports_throughput(synthetic_run
 def test_pseudo_labels_cache_and_student_follow_the_checkpoint_shape_not_the_tiny_one(synthetic_run, tmp_path):
     # A checkpoint with Whisper's own 30 s window (1500 encoder frames) and 128 mel bins (large-v3 style):
     # everything must be read from the model and its processor.
-    from helpers import models, student
+    from helpers import student
+    from helpers.whisper import models
 
     _, result = synthetic_run
     _, processor = build_tiny_whisper()
@@ -132,8 +134,8 @@ def test_pseudo_labelling_scores_confidence_as_the_teacher_decodes(synthetic_run
     # the mean log-probability is that of a teacher-forced pass over the transcript the teacher generated
     import torch
 
-    from helpers.audio import log_mel, read_row
-    from helpers.decode import sequence_confidence
+    from helpers.speech.audio import log_mel, read_row
+    from helpers.whisper.decode import sequence_confidence
     row = result["train"].iloc[0].to_dict()
     features = log_mel(teacher.feature_extractor, [read_row(row)])
     with torch.no_grad():

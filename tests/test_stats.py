@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers import stats
+from helpers.figures import stats
 
 
 def test_the_rate_is_the_corpus_rate_of_the_whole_set():

@@ -14,7 +14,9 @@ import torch
 from matplotlib.figure import Figure
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from helpers import models, plots, student
+from helpers import student
+from helpers.figures import plots
+from helpers.whisper import models
 
 SHAPES = {"4+4": dict(encoder_layers=4, decoder_layers=4, d_model=64, heads=2, ffn=128, num_mel_bins=80),
           "3+5": dict(encoder_layers=3, decoder_layers=5, d_model=32, heads=2, ffn=64, num_mel_bins=16)}

@@ -1,4 +1,4 @@
-"""Specification of helpers.synth: the offline synthetic Mandarin speech corpus.
+"""Specification of helpers.speech.synth: the offline synthetic Mandarin speech corpus.
 
 Number reading, the sentence grammar, the espeak-ng Mandarin voice, the seed-determined corpus plan,
 the speaker/noise separation of the test split, rendering, noise mixing and the on-disk corpus.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import synth
+from helpers.speech import synth
 
 SR = synth.SAMPLE_RATE  # 16 kHz
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import config, distill, encoder_cache, models, pseudo, student, teacher_targets
-from helpers.models import LoadedWhisper
+from helpers import config, distill, pseudo, student
+from helpers.whisper import encoder_cache, models, teacher_targets
+from helpers.whisper.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper
 
 
@@ -100,7 +101,7 @@ def test_the_store_holds_the_teachers_distribution_at_every_label_position(store
     labels = teacher_targets.label_ids(teacher.tokenizer, rows["text"].tolist())
     assert [length for _, length in spans] == [len(l) for l in labels] and ids.shape == (meta["tokens"], 8)
     # row 0, as the live mode computes it: the teacher's logits at the labels, from its own encoder pass
-    from helpers.audio import log_mel, read_row
+    from helpers.speech.audio import log_mel, read_row
     with torch.no_grad():
         hidden = teacher.model.model.encoder(log_mel(teacher.feature_extractor, [read_row(rows.iloc[0].to_dict())]))
         decoder_input = torch.tensor([[teacher.model.config.decoder_start_token_id] + labels[0][:-1]])
@@ -169,8 +170,8 @@ def test_the_topk_loss_over_the_whole_vocabulary_equals_the_live_loss(tmp_path, 
     teacher_targets.write_targets(teacher, rows, tmp_path / "t", vocab, 2.0, "topk", progress=False)
     ids, logprobs, spans, _ = teacher_targets.open_targets(tmp_path / "t", rows, teacher_targets.model_fingerprint(
         teacher.model), teacher.tokenizer, 2.0)
-    from helpers.audio import log_mel, read_row
-    from helpers.collate import WhisperCollator
+    from helpers.speech.audio import log_mel, read_row
+    from helpers.speech.collate import WhisperCollator
     features = log_mel(teacher.feature_extractor, [read_row(r) for r in rows.to_dict("records")])
     labels = teacher.tokenizer(rows["text"].tolist()).input_ids
     start = teacher.model.config.decoder_start_token_id

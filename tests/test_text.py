@@ -1,11 +1,11 @@
-"""Specification of helpers.text: scoring normalisation and CER / WER / MER.
+"""Specification of helpers.speech.text: scoring normalisation and CER / WER / MER.
 
 Every expected number is worked out by hand in the comment above the assert.
 Rates are percentages: 100 * (substitutions + deletions + insertions) / N_ref.
 """
 import pytest
 
-from helpers.text import (
+from helpers.speech.text import (
     align,
     cer,
     char_tokens,

@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from helpers import collate, config, train
-from helpers.models import LoadedWhisper
+from helpers import config
+from helpers.speech import collate
+from helpers.whisper import train
+from helpers.whisper.models import LoadedWhisper
 from tests.fixtures import build_tiny_whisper
 
 
@@ -85,7 +87,7 @@ def test_resume_continues_from_the_last_checkpoint_and_ends_at_the_same_step(tmp
 
 
 def test_lora_trains_only_the_adapters_and_saves_a_merged_plain_whisper(tmp_path, synthetic_run):
-    from helpers.models import load_whisper
+    from helpers.whisper.models import load_whisper
 
     p = params(use_lora=True, lora_r=4, max_steps=2)
     loaded = train.prepare_model(fresh_model(), p)

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import config, data, sources
-from helpers.audio import read_audio, read_row
-from helpers.longform import make_long_recording
+from helpers import config, data
+from helpers.speech import sources
+from helpers.speech.audio import read_audio, read_row
+from helpers.whisper.longform import make_long_recording
 from tests.fixtures import SYNTHETIC_SIZES, write_tone
 
 

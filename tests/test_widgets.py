@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from helpers import config, models, student, widgets
+from helpers import config, student, widgets
+from helpers.whisper import models
 from tests.fixtures import write_tone
 
 

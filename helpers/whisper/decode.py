@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .audio import log_mel, read_row
+from ..speech.audio import log_mel, read_row
 from .processes import gather_blocks, process_state, shard_bounds
 
 

@@ -97,7 +97,7 @@ class PeakMemory:
 # Tensor memory of a training step, accounted
 # ---------------------------------------------------------------------------------------------
 CATEGORIES = ("parameters", "buffers", "inputs", "gradients", "optimizer", "activations", "temporaries")
-GB = 1e9  # results and tables are in GB of 10^9 bytes, like helpers.train.memory_budget
+GB = 1e9  # results and tables are in GB of 10^9 bytes, like helpers.whisper.train.memory_budget
 
 
 def _storages(tensor: torch.Tensor) -> list:

@@ -13,13 +13,13 @@ import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-from . import text
-from .collate import WhisperCollator
-from .config import dataloader_workers
-from .files import shown, write_json
-from .memory import memory_now
+from ..config import dataloader_workers
+from ..figures.memory import memory_now
+from ..figures.plots import training_curves
+from ..files import shown, write_json
+from ..speech import text
+from ..speech.collate import WhisperCollator
 from .models import load_whisper, no_transformers_bars, save_whisper
-from .plots import training_curves
 
 # The linear layers LoRA and AdaLoRA adapt, by their leaf names in a Whisper model.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]

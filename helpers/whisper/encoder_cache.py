@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .files import write_json
-from .manifest import row_keys
+from ..files import write_json
+from ..speech.manifest import row_keys
 from .models import encoder_fingerprint
 from .processes import process_state
 

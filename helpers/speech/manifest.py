@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import atomic_write, write_json
+from ..files import atomic_write, write_json
 
 CSV_ENCODINGS = ("utf-8-sig", "cp950", "big5hkscs")  # utf-8-sig also reads plain UTF-8
 UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labelled by the teacher only)

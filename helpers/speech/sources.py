@@ -1,7 +1,7 @@
 """Where recordings come from: a hub dataset (or a local folder of the same structure), the synthetic corpus, and
 folders of untranscribed recordings of any length.
 
-Every source ends up as manifest rows (:mod:`helpers.manifest`, which also reads CSVs): audio paths, text as
+Every source ends up as manifest rows (:mod:`helpers.speech.manifest`, which also reads CSVs): audio paths, text as
 written, split, source, and a ``speaker`` where the source knows one. Untranscribed recordings longer than the
 model's window are cut at pauses into pieces (:func:`cut_long`): a piece is a row with the file's path, its
 ``offset`` into the file and its ``duration``; the audio itself is never copied.
@@ -66,7 +66,7 @@ def load_hub(dataset: str, config: str | None, split: str, audio_column: str, te
 
 def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int = 0,
                    num_unlabelled: int = 0, num_valid: int = 0, progress: bool = True) -> pd.DataFrame:
-    """The offline synthetic corpus (see :mod:`helpers.synth`), made once in ``out_dir`` and reused.
+    """The offline synthetic corpus (see :mod:`helpers.speech.synth`), made once in ``out_dir`` and reused.
 
     Train, valid and test have their own voices and noises. The ``unlabelled`` split (``num_unlabelled`` clips of
     the training speakers) comes without transcripts: its ``text`` is emptied here, so no later step can learn

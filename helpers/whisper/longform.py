@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .audio import cut_at_pauses, read_audio, read_row
+from ..files import atomic_write, read_json, shown
+from ..speech.audio import cut_at_pauses, read_audio, read_row
 from .decode import quiet_generation, rtfx, transcribe
-from .files import atomic_write, read_json, shown
 from .models import LoadedWhisper, no_transformers_bars, window_seconds
 
 WHISPER_TIMESTAMPS = 1501  # Whisper's timestamp tokens <|0.00|> .. <|30.00|>, right after <|notimestamps|>

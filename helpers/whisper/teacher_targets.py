@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .audio import log_mel, read_row
-from .files import write_json
-from .manifest import row_keys
+from ..files import write_json
+from ..speech.audio import log_mel, read_row
+from ..speech.manifest import row_keys
 
 METHODS = ("topk", "sampled")
 META = "targets.json"

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from .audio import read_row
-from .text import align, mixed_tokens
+from ..speech.audio import read_row
+from ..speech.text import align, mixed_tokens
 
 
 def split_counts(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
