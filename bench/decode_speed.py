@@ -14,7 +14,10 @@ models decode exactly ``--new-tokens`` tokens after the 4-token prompt):
   out (their residual branches add nothing, so teacher and student agree on every token). A trained
   student lies in between (Distil-Whisper reports about 2x at equal output).
 
-Each measurement runs once untimed, then ``--repeats`` times; the fastest counts. The published figure for
+Each measurement runs once untimed, then ``--repeats`` times with the models taking turns
+(``helpers.figures.timing.take_turns``, the workbook's one timing routine); the fastest round counts, the least
+disturbed by whatever else the machine does. Inference runs under ``torch.inference_mode()`` and each batch
+size's tensors are freed before the next (on a GPU the cache is emptied). The published figure for
 whisper-small 12+12 -> 12+2 is 2.89x end to end (GPU, batch 64).
 
     python bench/decode_speed.py                          # whisper-small, batches 1 and 8 (CPU) / 1 and 64 (GPU)
@@ -25,10 +28,10 @@ Results go to bench/results/decode_speed_<device>_<shapes>.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,7 +40,8 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import student  # noqa: E402
-from helpers.whisper import models
+from helpers.figures.timing import take_turns  # noqa: E402
+from helpers.whisper import models  # noqa: E402
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257
@@ -49,16 +53,15 @@ def sync(device):
 
 
 def fastest(fn, repeats: int, device) -> float:
-    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call (``take_turns`` with one
+    contender; the device is synchronised so that a GPU's queued work is counted)."""
+    return take_turns({"call": lambda: (fn(), sync(device))}, repeats)["call"].min
+
+
+def fastest_in_turns(calls: dict, repeats: int, device) -> dict[str, float]:
+    """The fastest of ``repeats`` rounds of each call, the calls taking turns after one untimed call each."""
+    timed = take_turns({name: (lambda fn=fn: (fn(), sync(device))) for name, fn in calls.items()}, repeats)
+    return {name: t.min for name, t in timed.items()}
 
 
 def generation_config(new_tokens: int) -> GenerationConfig:
@@ -104,6 +107,7 @@ def speculative(teacher, assistant, encoded, new_tokens: int):
                                     assistant_model=assistant, generation_config=generation_config(new_tokens))
 
 
+@torch.inference_mode()
 def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, device, dtype) -> list[dict]:
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -116,8 +120,8 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, d
         with torch.no_grad():
             encoded = BaseModelOutput(last_hidden_state=teacher.model.encoder(feats).last_hidden_state)
         enc_s = fastest(lambda f=feats: teacher.model.encoder(f), repeats, device)  # the same encoder in both models
-        dec = {name: fastest(lambda m=m, e=encoded, b=batch: greedy(m, e, b, new_tokens), repeats, device)
-               for name, m in (("teacher", teacher), ("student", small))}
+        dec = fastest_in_turns({name: (lambda m=m, e=encoded, b=batch: greedy(m, e, b, new_tokens))
+                                for name, m in (("teacher", teacher), ("student", small))}, repeats, device)
         row = {"shape": shape, "batch": batch, "new_tokens": new_tokens, "encoder_s": enc_s,
                "teacher_decoder_s": dec["teacher"], "student_decoder_s": dec["student"],
                "teacher_total_s": enc_s + dec["teacher"], "student_total_s": enc_s + dec["student"]}
@@ -125,6 +129,10 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, d
         row["speed_up_decoder"] = dec["teacher"] / dec["student"]
         row["encoder_share_teacher"] = enc_s / row["teacher_total_s"]
         rows.append(row)
+        del feats, encoded  # free this batch size's tensors before the next
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         print(f"{shape} batch {batch}: encoder {enc_s:.3f} s, decoder teacher {dec['teacher']:.3f} s / student "
               f"{dec['student']:.3f} s -> {row['speed_up_end_to_end']:.2f}x end to end, "
               f"{row['speed_up_decoder']:.2f}x decoder only", flush=True)

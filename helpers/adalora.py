@@ -20,9 +20,8 @@ from . import cli, config
 from .files import RunDir, shown, write_json
 from .speech.collate import to_dataset
 from .speech.manifest import load_manifest
-from .speech.text import score
 from .whisper import models, train
-from .whisper.decode import transcribe
+from .whisper.decode import transcribe_and_score
 
 TARGET_MODULES = train.LORA_TARGETS
 
@@ -185,9 +184,8 @@ def run_phase(p) -> dict | None:
     def scores(model, name):
         out = {}
         for split, rows in sets.items():
-            predictions, _ = transcribe(model, loaded.processor, rows, p.per_device_eval_batch_size,
-                                        desc=f"{name} on {split}", progress=p.live_plot)
-            out[split] = (score(rows["text"].tolist(), predictions), predictions)
+            out[split] = transcribe_and_score(model, loaded.processor, rows, p.per_device_eval_batch_size,
+                                              desc=f"{name} on {split}", progress=p.live_plot)
         return out
 
     with peft_model.disable_adapter():

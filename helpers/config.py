@@ -88,7 +88,7 @@ PROFILES: dict[str, dict] = {
 
 # The heavy phases that run as commands (python -m helpers.<phase>): phase -> notebook whose parameters it reads.
 PHASES = {"data": "01_data", "finetune": "02_breeze_finetune", "pseudo": "03_pseudo_label",
-          "student": "04_student_init", "distill": "05_distill", "adalora": "06_adalora"}
+          "student": "04_student_init", "distill": "05_distill", "adalora": "06_adalora", "evaluate": "07_eval"}
 
 
 # ---------------------------------------------------------------------------------------------

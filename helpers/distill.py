@@ -26,9 +26,8 @@ from . import cli
 from .files import RunDir, shown, write_json
 from .speech.collate import WhisperCollator, pad_labels, to_dataset
 from .speech.manifest import load_manifest
-from .speech.text import score
 from .whisper import models, train
-from .whisper.decode import transcribe
+from .whisper.decode import transcribe_and_score
 from .whisper.encoder_cache import open_encoder_cache
 from .whisper.teacher_targets import kl_from_targets, model_fingerprint, open_targets
 
@@ -246,9 +245,9 @@ def run_phase(p) -> dict | None:
     for name, loaded in (("teacher", teacher), ("student after KD", student)):
         results[name] = {}
         for split, rows in sets.items():
-            predictions, speed = transcribe(loaded.model, loaded.processor, rows, p.per_device_eval_batch_size,
-                                            desc=f"{name} on {split}", progress=p.live_plot)
-            results[name][split] = {**score(rows["text"].tolist(), predictions), "RTFx": speed["rtfx"]}
+            results[name][split] = transcribe_and_score(loaded.model, loaded.processor, rows,
+                                                        p.per_device_eval_batch_size, desc=f"{name} on {split}",
+                                                        progress=p.live_plot)[0]
     if not trainer.is_world_process_zero():
         return None
     models.save_whisper(student.model, student.processor, run.student_kd)

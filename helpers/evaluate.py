@@ -1,34 +1,29 @@
-"""Notebook 07: every model side by side, measured in one run; the results files and the verdict.
+"""Notebook 07: every model side by side, measured in one run; the results files, the verdict and the shipping.
 
-The evaluation notebook asks one question: was it worth it? :func:`evaluate_models` answers it for
-every model and test set in one run: accuracy (CER, WER, MER on normalised text, corpus level and per
-utterance), speed (RTFx with a warm-up, the same batch size and device for all models, the encoder
-and the decoder timed apart), size (parameters, layers, bytes on disk) and peak memory. A model that
-fails to load or decode is reported with its error; the others still get their results.
+    python -m helpers.evaluate --run-dir runs/tiny        # what notebook 07 runs, without the notebook
+
+The evaluation notebook asks one question: was it worth it? :func:`run_phase` answers it for every model of the
+run (:data:`helpers.files.STAGES`) and every test set: accuracy with 95 % intervals and paired verdicts, speed
+(median of interleaved rounds, with their range), size and peak memory (``whisper.measure.evaluate_models`` and
+``report.add_comparisons``); the speculative-decoding check; the student chosen on validation, exported to
+CTranslate2 and measured beside the teacher (``export.ship``). Everything lands in ``run_dir/eval``.
 """
 from __future__ import annotations
 
-import gc
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
-from transformers import WhisperConfig
+from transformers import WhisperConfig, WhisperFeatureExtractor
 
+from . import cli, export, report, speculative
 from .config import REPO, repo_path
-from .figures.memory import PeakMemory
-from .files import RunDir, atomic_write, read_json, write_json
-from .speech import text
+from .files import STAGES, STUDENTS, RunDir, atomic_write, read_json, shown, write_json
 from .speech.manifest import check_rows, read_csv
-from .whisper.decode import default_device, transcribe
-from .whisper.models import count_parameters, load_whisper
-
-# The stages the course writes into run_dir, in order: (name, RunDir folder). The base teacher's folder or hub
-# id is read from the fine-tuned teacher's metrics (notebook 02 records it).
-STAGES = (("base teacher", None), ("fine-tuned teacher", "teacher"), ("student before KD", "student_init"),
-          ("distilled student", "student_kd"), ("AdaLoRA student", "student_adalora"))
-TEACHERS = ("fine-tuned teacher", "base teacher")
-STUDENTS = ("distilled student", "AdaLoRA student", "student before KD")
+from .whisper.decode import default_device
+from .whisper.measure import evaluate_models
+from .whisper.models import window_seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,7 +32,7 @@ STUDENTS = ("distilled student", "AdaLoRA student", "student before KD")
 def find_models(run_dir: str | Path, models: dict | None = None) -> dict[str, str]:
     """``name -> folder or hub id`` of the models to evaluate, in course order.
 
-    ``models`` given (a dict name -> path) is used as it is. Otherwise every stage of :data:`STAGES`
+    ``models`` given (a dict name -> path) is used as it is. Otherwise every stage of ``files.STAGES``
     that exists in ``run_dir`` (its folder holds a ``config.json``), with the base teacher taken from
     the fine-tuned teacher's ``metrics.json``. Raises ``FileNotFoundError`` when nothing is found.
     """
@@ -47,13 +42,13 @@ def find_models(run_dir: str | Path, models: dict | None = None) -> dict[str, st
         return {str(k): str(v) for k, v in models.items()}
     run = RunDir(run_dir)
     found = {}
-    for name, folder in STAGES:
-        if folder is None:
+    for stage in STAGES:
+        if stage.folder is None:
             base = (read_json(run.metrics("teacher")) or {}).get("base_model")
             if base:
-                found[name] = str(base)
-        elif (getattr(run, folder) / "config.json").exists():
-            found[name] = str(getattr(run, folder))
+                found[stage.name] = str(base)
+        elif (getattr(run, stage.folder) / "config.json").exists():
+            found[stage.name] = str(getattr(run, stage.folder))
     if not found:
         raise FileNotFoundError(f"no model found in {run_dir}: run notebooks 02 to 06 with this run_dir first, "
                                 "or give `models` as {name: folder or hub id}")
@@ -120,119 +115,6 @@ def load_test_set(path: str | Path, max_duration_s: float | None = None, audio_c
     return kept.reset_index(drop=True), skipped
 
 
-def model_facts(loaded) -> dict:
-    """Size of a loaded model: parameters (millions), layers, width and bytes on disk (local folders)."""
-    cfg = loaded.model.config
-    files = list(Path(loaded.source).glob("*.safetensors")) if Path(loaded.source).is_dir() else []
-    return {"params_M": count_parameters(loaded.model)["total"], "encoder_layers": cfg.encoder_layers,
-            "decoder_layers": cfg.decoder_layers, "d_model": cfg.d_model,
-            "size_MB": sum(f.stat().st_size for f in files) / 2**20 if files else float("nan")}
-
-
-# ---------------------------------------------------------------------------------------------
-# Every model on every test set
-# ---------------------------------------------------------------------------------------------
-def _park(loaded, device: torch.device):
-    """Between its timing turns a model waits on the CPU when the decoding happens on a GPU (so models that do
-    not fit on the card together can still take turns)."""
-    if device.type == "cuda":
-        loaded.model.to("cpu")
-        torch.cuda.empty_cache()
-    return loaded
-
-
-def evaluate_models(model_paths: dict[str, str], test_sets: dict[str, pd.DataFrame], batch_size: int = 16,
-                    fold: str | None = "t2s", rounds: int = 3, max_new_tokens: int | None = None,
-                    device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                    reference: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Accuracy, speed, size and memory of every model on every test set, measured in one run.
-
-    Every model is loaded and warmed up on one batch (its peak memory measured meanwhile), then the models take
-    turns for ``rounds`` timed passes over every test set, all with the same ``batch_size`` on the same
-    ``device`` (default: ``decode.default_device``; on a GPU a model waits on the CPU between its turns).
-    Interleaving spreads whatever else the machine does over all models alike. Returns ``(results,
-    predictions)``:
-
-    * ``results``: one row per (test set, model): status (``ok`` or the error), params, layers, size,
-      CER/WER/MER/exact match in percent, the timing of the median round (``compute_s``, ``rtfx``, encoder and
-      decoder seconds, decoder steps per second) with ``compute_s_min``/``compute_s_max`` over the rounds, and
-      peak memory; :mod:`helpers.report` adds intervals and speed-ups;
-    * ``predictions``: one row per (test set, model, utterance): reference, prediction, the utterance's
-      CER/WER/MER and its character ``errors`` and reference length ``n_ref`` (for bootstrap intervals).
-
-    A model that fails (missing folder, broken checkpoint, out of memory) gets a row with its error and the
-    others go on.
-    """
-    from tqdm.auto import tqdm
-
-    if not model_paths:
-        raise ValueError("no model to evaluate")
-    if not test_sets:
-        raise ValueError("no test set to evaluate on")
-    for name, rows in test_sets.items():
-        if len(rows) == 0:
-            raise ValueError(f"test set {name!r} has no rows")
-    auto_device, auto_dtype = default_device()
-    device, dtype = torch.device(device or auto_device), dtype or auto_dtype
-    kwargs = dict(max_new_tokens=max_new_tokens, progress=False, shard=False)
-    loaded, failed, facts, memory = {}, {}, {}, {}
-    bar = tqdm(total=len(model_paths) * (1 + rounds), desc="evaluating", unit="pass", disable=not progress)
-    for name, path in model_paths.items():
-        try:
-            with PeakMemory(device) as mem:
-                model = load_whisper(path, dtype=dtype, device=device)
-                for rows in test_sets.values():  # warm-up: one full batch (the peak of a real pass)
-                    transcribe(model.model, model.processor, rows.head(batch_size), batch_size, **kwargs)
-            facts[name], memory[name], loaded[name] = model_facts(model), mem.peak_mb, _park(model, device)
-        except Exception as err:  # noqa: BLE001 (one failing model must not lose the others' results)
-            failed[name] = f"{type(err).__name__}: {err}".splitlines()[0]
-            if progress:
-                print(f"{name}: failed ({failed[name]})")
-        bar.update(1)
-    timings = {(name, s): [] for name in loaded for s in test_sets}
-    predictions = {}
-    for _ in range(rounds):
-        for name, model in loaded.items():
-            model.model.to(device)
-            for set_name, rows in test_sets.items():
-                bar.set_postfix_str(f"{name} on {set_name}")
-                preds, stats = transcribe(model.model, model.processor, rows, batch_size, **kwargs)
-                predictions.setdefault((name, set_name), preds)  # greedy: every round gives the same text
-                timings[(name, set_name)].append(stats)
-            _park(model, device)
-            bar.update(1)
-    bar.close()
-    results, utterances = [], []
-    for name, path in model_paths.items():
-        for set_name, rows in test_sets.items():
-            if name in failed:
-                results.append({"test_set": set_name, "model": name, "path": str(path), "status": failed[name]})
-                continue
-            preds, refs = predictions[(name, set_name)], rows["text"].tolist()
-            rounds_s = [t["compute_s"] for t in timings[(name, set_name)]]
-            median = sorted(timings[(name, set_name)], key=lambda t: t["compute_s"])[(len(rounds_s) - 1) // 2]
-            results.append({"test_set": set_name, "model": name, "path": str(path), "status": "ok", **facts[name],
-                            "utterances": len(rows), **text.score(refs, preds, fold), **median,
-                            "compute_s_min": min(rounds_s), "compute_s_max": max(rounds_s), "rounds": len(rounds_s),
-                            "peak_memory_MB": memory[name]})
-            utt = pd.DataFrame(text.utterance_scores(refs, preds, fold=fold))
-            utt["errors"] = utt["char_sub"] + utt["char_del"] + utt["char_ins"]
-            utterances.append(pd.concat([pd.DataFrame({
-                "test_set": set_name, "model": name, "audio": rows["audio"].to_numpy(),
-                "duration": rows["duration"].to_numpy(), "reference": refs, "prediction": preds}),
-                utt[["cer", "wer", "mer", "errors"]].assign(n_ref=utt["char_n_ref"])], axis=1))
-    del loaded
-    gc.collect()
-    table = pd.DataFrame(results)
-    ok = table["status"] == "ok"
-    table.attrs["reference"] = reference or next((m for m in TEACHERS if m in set(table.loc[ok, "model"])),
-                                                 table.loc[ok, "model"].iloc[0] if ok.any() else None)
-    preds = pd.concat(utterances, ignore_index=True) if utterances else pd.DataFrame(
-        columns=["test_set", "model", "audio", "duration", "reference", "prediction", "cer", "wer", "mer",
-                 "errors", "n_ref"])
-    return table, preds
-
-
 def save_results(out_dir: str | Path, results: pd.DataFrame, predictions: pd.DataFrame,
                  extra: dict | None = None) -> Path:
     """Write ``results.csv``, ``results.json`` (the table, the reference model and ``extra``, e.g. the
@@ -244,3 +126,81 @@ def save_results(out_dir: str | Path, results: pd.DataFrame, predictions: pd.Dat
     write_json(out_dir / "results.json", {"reference": results.attrs.get("reference"), "results": records,
                                           **(extra or {})})
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# The phase
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """What notebook 07 measured (:func:`run_phase`): the models and test sets, the rows skipped, ``results`` (one
+    row per test set and model, with intervals and verdicts) and ``predictions`` (one row per utterance), the
+    speculative check (``speculative`` summary and ``speculative_speed`` table, or None), the student chosen on
+    validation (``best_student``), its ``exports`` (quantisation -> folder) and the ``shipping`` table that measures
+    them beside the teacher, and the folder the results were written to."""
+    model_paths: dict[str, str]
+    test_sets: dict[str, pd.DataFrame]
+    skipped: pd.DataFrame
+    results: pd.DataFrame
+    predictions: pd.DataFrame
+    speculative: dict | None = None
+    speculative_speed: pd.DataFrame | None = None
+    best_student: str | None = None
+    exports: dict[str, Path] = field(default_factory=dict)
+    shipping: pd.DataFrame | None = None
+    out_dir: Path | None = None
+
+    @property
+    def evaluated(self) -> list[str]:
+        """The models that ran without error on every test set, in course order."""
+        ok = self.results["status"] == "ok"
+        failed = set(self.results.loc[~ok, "model"])
+        return [m for m in dict.fromkeys(self.results.loc[ok, "model"]) if m not in failed]
+
+
+def measure(p) -> Evaluation:
+    """The models of ``p`` (``p.models``, else every stage of ``p.run_dir``) on the test sets, side by side, with
+    intervals and verdicts (:func:`whisper.measure.evaluate_models`, :func:`report.add_comparisons`)."""
+    model_paths = find_models(p.run_dir, p.models)
+    window = window_seconds(WhisperFeatureExtractor.from_pretrained(next(iter(model_paths.values()))))
+    test_sets, skipped = load_test_sets(p.test_sets, p.run_dir, max_duration_s=window)
+    print(f"{len(model_paths)} models, {len(test_sets)} test set(s): "
+          + ", ".join(f"{name} ({len(rows)} utterances, {rows['duration'].sum() / 60:.1f} min)"
+                      for name, rows in test_sets.items()) + f"; {len(skipped)} rows skipped")
+    results, predictions = evaluate_models(model_paths, test_sets, p.batch_size, fold=p.fold, rounds=p.speed_rounds,
+                                           progress=p.live_plot)
+    results = report.add_comparisons(results, predictions, seed=p.seed)
+    for _, row in results[results["status"] != "ok"].iterrows():
+        print(f"{row['model']} on {row['test_set']}: {row['status']}")
+    print(f"{(results['status'] == 'ok').sum()} of {len(results)} evaluations done on {default_device()[0]}; "
+          f"comparisons with the {results.attrs['reference']}")
+    return Evaluation(model_paths, test_sets, skipped, results, predictions)
+
+
+def run_phase(p) -> Evaluation:
+    """Notebook 07 for its parameters ``p``: :func:`measure`; the speculative check (``p.speculative``) on the
+    first ``p.speculative_limit`` test utterances; the student with the lowest validation CER (never chosen on
+    test), exported with ``p.export_quantization`` (and float32) and measured beside the teacher; then
+    ``results.csv``, ``results.json`` and ``predictions.csv`` in ``run_dir/eval``. Returns an :class:`Evaluation`."""
+    done = measure(p)
+    done.speculative, done.speculative_speed = speculative.run_check(
+        done.model_paths, done.results, done.test_sets, p.speculative, p.speculative_limit, fold=p.fold)
+    print(speculative.describe(done.speculative))
+    done.best_student = report.best_student(p.run_dir, [m for m in STUDENTS if m in done.evaluated])
+    if p.export_quantization != "off" and done.best_student is not None:
+        quantizations = list(dict.fromkeys([p.export_quantization, "float32"]))
+        first_set = next(iter(done.test_sets))
+        done.exports, done.shipping = export.ship(p.run_dir, done.best_student, done.test_sets[first_set],
+                                                  quantizations, p.batch_size, p.speed_rounds, fold=p.fold)
+        print("exports:", ", ".join(f"{q}: {shown(folder)}" for q, folder in done.exports.items()))
+    shipping = None if done.shipping is None else done.shipping.drop(columns="predictions").reset_index(
+        names="model").to_dict("records")
+    done.out_dir = save_results(RunDir(p.run_dir).eval, done.results, done.predictions,
+                                {"speculative": done.speculative, "skipped_rows": len(done.skipped),
+                                 "best_student": done.best_student, "shipping": shipping})
+    print("written:", ", ".join(sorted(f.name for f in done.out_dir.iterdir() if f.is_file())))
+    return done
+
+
+if __name__ == "__main__":
+    sys.exit(cli.phase_main("evaluate", run_phase))

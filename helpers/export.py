@@ -26,28 +26,15 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .figures.stats import spread
+from .figures.timing import take_turns
 from .files import RunDir, read_json, shown, write_json
 from .speech.text import cer, score
 from .whisper.decode import transcribe
-from .whisper.longform import (
-    MANIFEST,
-    Export,
-    LongRecording,
-    Segment,
-    load_export,
-    runtime_for,
-    transcribe_export,
-    transcribe_long,
-)
+from .whisper.longform import LongRecording, Segment, transcribe_long
 from .whisper.models import LoadedWhisper, load_whisper, no_transformers_bars
-
-__all__ = ["QUANTIZATIONS", "supported_quantizations", "check_quantization", "resolve_source", "fingerprint",
-           "folder_bytes", "fix_alignment_heads", "export_model", "compare_exports", "main", "Export", "load_export",
-           "transcribe_export", "transcribe_long", "runtime_for"]
+from .whisper.runtime import MANIFEST, Export, load_export, runtime_for, transcribe_export
 
 QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
 RUNTIME_FILES = ("tokenizer.json", "preprocessor_config.json")  # copied into every export
@@ -70,10 +57,10 @@ def check_quantization(quantization: str, device: str = "cpu") -> None:
 
 
 def resolve_source(model: str | Path, run_dir: str | Path | None = None) -> tuple[Path, str]:
-    """The folder and export name of ``model``: a stage of ``run_dir`` (one of ``RunDir.STAGES``) or a model folder.
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the folder when it holds no Whisper saved in safetensors
-    with its ``tokenizer.json``, and saying what to do."""
-    if run_dir is not None and str(model) in RunDir.STAGES:
+    """The folder and export name of ``model``: a stage folder of ``run_dir`` (one of ``RunDir.MODEL_FOLDERS``) or a
+    model folder. Raises ``FileNotFoundError`` / ``ValueError`` naming the folder when it holds no Whisper saved in
+    safetensors with its ``tokenizer.json``, and saying what to do."""
+    if run_dir is not None and str(model) in RunDir.MODEL_FOLDERS:
         folder, name = getattr(RunDir(run_dir), str(model)), str(model)
         if not folder.is_dir():
             raise FileNotFoundError(f"{shown(folder)} does not exist: the run has no {name} model yet (run its "
@@ -81,7 +68,7 @@ def resolve_source(model: str | Path, run_dir: str | Path | None = None) -> tupl
     else:
         folder, name = Path(model), Path(model).name
         if not folder.is_dir():
-            stages = f" or one of {', '.join(RunDir.STAGES)} with --run-dir" if run_dir is None else ""
+            stages = f" or one of {', '.join(RunDir.MODEL_FOLDERS)} with --run-dir" if run_dir is None else ""
             raise FileNotFoundError(f"model folder {shown(folder)} does not exist; give a saved Whisper folder{stages}")
     config = read_json(folder / "config.json")
     if config is None:
@@ -254,54 +241,46 @@ def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None =
 
     def run(m, clips):
         if isinstance(m, LoadedWhisper):
-            return transcribe(m.model, m.processor, clips, batch_size, progress=False, shard=False)
-        return transcribe_export(m, clips, batch_size=batch_size)
+            return lambda: transcribe(m.model, m.processor, clips, batch_size, progress=False, shard=False)
+        return lambda: transcribe_export(m, clips, batch_size=batch_size)
 
     was = torch.get_num_threads()
     torch.set_num_threads(threads)
-    try:
-        for m in loaded.values():
-            run(m, rows.head(warmup))
-        timed: dict[str, list] = {name: [] for name in loaded}
-        for _ in range(max(1, rounds)):  # the models take turns: a disturbance on the machine hits them alike
-            for name, m in loaded.items():
-                timed[name].append(run(m, rows))
+    try:  # the models take turns: a disturbance on the machine hits them alike
+        timed = take_turns({name: run(m, rows) for name, m in loaded.items()}, max(1, rounds),
+                           warmup={name: run(m, rows.head(warmup)) for name, m in loaded.items()},
+                           seconds=lambda out: out[1]["compute_s"])
     finally:
         torch.set_num_threads(was)
     refs, table = rows["text"].tolist(), {}
     for name, m in loaded.items():
-        preds = timed[name][0][0]
-        rates = spread([s["rtfx"] for _, s in timed[name]])
-        secs = spread([s["compute_s"] for _, s in timed[name]])
+        preds, median = timed[name].median_output  # greedy: every round gives the same text
         hf = isinstance(m, LoadedWhisper)
         size = sum(p.numel() * p.element_size() for p in m.model.parameters()) if hf else folder_bytes(m.path)
         table[name] = {"runtime": "transformers" if hf else m.manifest["runtime"],
                        "quantization": str(m.model.dtype).removeprefix("torch.") if hf else m.manifest["quantization"],
                        "size_mb": size / 1e6, **score(refs, preds, fold=fold),
-                       "cer_vs_reference": score(timed[reference][0][0], preds, fold=fold)["cer"],
-                       "rtfx": rates["median"], "rtfx_min": rates["min"], "rtfx_max": rates["max"],
-                       "compute_s": secs["median"], "compute_s_min": secs["min"], "compute_s_max": secs["max"],
-                       "encoder_s": float(np.median([s["encoder_s"] for _, s in timed[name]])),
-                       "decoder_s": float(np.median([s["decoder_s"] for _, s in timed[name]])), "predictions": preds}
+                       "cer_vs_reference": score(timed[reference].outputs[0][0], preds, fold=fold)["cer"],
+                       "rtfx": median["audio_s"] / timed[name].median, "rtfx_min": median["audio_s"] / timed[name].max,
+                       "rtfx_max": median["audio_s"] / timed[name].min, "compute_s": timed[name].median,
+                       "compute_s_min": timed[name].min, "compute_s_max": timed[name].max,
+                       "encoder_s": median["encoder_s"], "decoder_s": median["decoder_s"], "predictions": preds}
     out = pd.DataFrame.from_dict(table, orient="index")
     out["speed_up"] = out["rtfx"] / out.loc[reference, "rtfx"]
     return out
 
 
-STAGE_FOLDERS = {"fine-tuned teacher": "teacher", "student before KD": "student_init",
-                 "distilled student": "student_kd", "AdaLoRA student": "student_adalora"}
-
-
 def ship(run_dir: str | Path, student: str, rows: pd.DataFrame, quantizations=("int8", "float32"),
          batch_size: int = 16, rounds: int = 3, fold: str | None = "t2s") -> tuple[dict[str, Path], pd.DataFrame]:
-    """Notebook 07's shipping step: export the ``student`` stage of ``run_dir`` (a name of :data:`STAGE_FOLDERS`)
+    """Notebook 07's shipping step: export the ``student`` stage of ``run_dir`` (a stage name of ``files.STAGES``)
     with each of ``quantizations``, then measure the transformers teacher, the transformers student and the
     exports side by side on ``rows`` (:func:`compare_exports`, the teacher as reference). Returns
     ``({quantization: export folder}, table)``."""
     run = RunDir(run_dir)
-    exports = {q: export_model(STAGE_FOLDERS[student], run.root, quantization=q) for q in quantizations}
+    source = run.stage(student)
+    exports = {q: export_model(source.name, run.root, quantization=q) for q in quantizations}
     contenders = {"fine-tuned teacher (transformers fp32)": load_whisper(run.teacher),
-                  f"{student} (transformers fp32)": load_whisper(getattr(run, STAGE_FOLDERS[student])),
+                  f"{student} (transformers fp32)": load_whisper(source),
                   **{f"{student} (CTranslate2 {q})": folder for q, folder in exports.items()}}
     table = compare_exports(contenders, rows, reference=next(iter(contenders)), batch_size=batch_size,
                             rounds=rounds, fold=fold)
@@ -329,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", help="the course's output folder (runs/<profile>)")
     ap.add_argument("--model", default="student_adalora",
-                    help=f"a stage of the run ({', '.join(RunDir.STAGES)}) or a model folder (default student_adalora)")
+                    help=f"a stage of the run ({', '.join(RunDir.MODEL_FOLDERS)}) or a model folder "
+                         "(default student_adalora)")
     ap.add_argument("--quantization", default="int8", help=" | ".join(QUANTIZATIONS) + " (default int8)")
     ap.add_argument("--out", help="folder for the export (default: run_dir/export)")
     args = ap.parse_args(argv)

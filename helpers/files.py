@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import REPO
 
@@ -43,6 +44,26 @@ def shown(path: str | Path) -> str:
         return str(path)
 
 
+class Stage(NamedTuple):
+    """A model the course makes: its ``name`` as tables show it, its ``folder`` in the run (a :class:`RunDir`
+    attribute; ``None`` for the base teacher, a hub id or folder that notebook 02 records), its ``role``
+    (``teacher`` or ``student``) and the ``notebook`` that makes it."""
+    name: str
+    folder: str | None
+    role: str
+    notebook: str
+
+
+# The one stage table: every model of a run, in course order. Evaluation, export, reports and widgets read it.
+STAGES = (Stage("base teacher", None, "teacher", "02"), Stage("fine-tuned teacher", "teacher", "teacher", "02"),
+          Stage("student before KD", "student_init", "student", "04"),
+          Stage("distilled student", "student_kd", "student", "05"),
+          Stage("AdaLoRA student", "student_adalora", "student", "06"))
+STAGE_OF = {stage.name: stage for stage in STAGES}
+TEACHERS = ("fine-tuned teacher", "base teacher")  # the teacher students are compared with, in order of preference
+STUDENTS = ("distilled student", "AdaLoRA student", "student before KD")  # the student to try first, in order
+
+
 class RunDir:
     """The folders and files of one course run, all inside ``root`` (a notebook's ``run_dir``).
 
@@ -62,7 +83,10 @@ class RunDir:
     ========================  =====================================================  ========
     """
 
-    STAGES = ("teacher", "student_init", "student_kd", "student_adalora")  # folders that hold a model
+    MODEL_FOLDERS = tuple(stage.folder for stage in STAGES if stage.folder)  # folders that hold a model
+    PHASE_RESULTS = {"data": "data_report", "finetune": "teacher", "pseudo": "pseudo_report",
+                     "student": "student_init", "distill": "student_kd", "adalora": "student_adalora",
+                     "evaluate": "results"}  # what each phase writes its results to (a file, or a stage's metrics)
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -95,6 +119,22 @@ class RunDir:
     def teacher_targets(self, method: str) -> Path:
         """Notebook 03's stored teacher targets of ``method`` (``topk`` or ``sampled``), beside the encoder cache."""
         return self.pseudo / f"targets_{method}"
+
+    def stage(self, name: str) -> Path:
+        """The folder of the stage called ``name`` in :data:`STAGES` (``"distilled student"`` -> ``student_kd``).
+        Raises ``ValueError`` for the base teacher (it has no folder in the run) or an unknown name."""
+        stage = STAGE_OF.get(name)
+        if stage is None or stage.folder is None:
+            raise ValueError(f"{name!r} is not a stage with a folder in the run; stages: "
+                             f"{', '.join(s.name for s in STAGES if s.folder)}")
+        return getattr(self, stage.folder)
+
+    def phase_results(self, phase: str) -> Path:
+        """The file the ``phase`` (``data``, ``finetune``... ``evaluate``) writes its results to."""
+        if phase not in self.PHASE_RESULTS:
+            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(self.PHASE_RESULTS)}")
+        where = self.PHASE_RESULTS[phase]
+        return self.metrics(where) if where in self.MODEL_FOLDERS else getattr(self, where)
 
     def metrics(self, stage: str) -> Path:
         """``metrics.json`` of a stage folder (``teacher``, ``student_kd``...)."""

@@ -14,9 +14,8 @@ from . import cli
 from .files import RunDir, shown
 from .speech.collate import to_dataset
 from .speech.manifest import load_manifest
-from .speech.text import score
 from .whisper import models, train
-from .whisper.decode import transcribe
+from .whisper.decode import transcribe_and_score
 
 
 def run_phase(p) -> dict | None:
@@ -30,18 +29,16 @@ def run_phase(p) -> dict | None:
     run = RunDir(p.run_dir)
     train_rows, valid_rows = load_manifest(run.data, "train"), load_manifest(run.data, "valid")
     teacher = models.load_whisper(p.base_model, language=p.language, task=p.task, dtype=train.base_dtype(p))
-    valid_refs = valid_rows["text"].tolist()
-    valid_before = score(valid_refs, transcribe(teacher.model, teacher.processor, valid_rows,
-                                                p.per_device_eval_batch_size, desc="validation, before",
-                                                progress=p.live_plot)[0])
+    valid_before, _ = transcribe_and_score(teacher.model, teacher.processor, valid_rows,
+                                           p.per_device_eval_batch_size, desc="validation, before",
+                                           progress=p.live_plot)
     teacher = train.prepare_model(teacher, p)
     trainer, history = train.finetune(p, teacher, to_dataset(train_rows, teacher.processor),
                                       to_dataset(valid_rows, teacher.processor), run.teacher, live=p.live_plot)
     best = [r["eval_cer"] for r in history if "eval_cer" in r]
     test_rows = load_manifest(run.data, "test")  # training has ended: the test set is scored once
-    test_predictions, _ = transcribe(trainer.model, teacher.processor, test_rows, p.per_device_eval_batch_size,
-                                     desc="test", progress=p.live_plot)
-    test = score(test_rows["text"].tolist(), test_predictions)
+    test, test_predictions = transcribe_and_score(trainer.model, teacher.processor, test_rows,
+                                                  p.per_device_eval_batch_size, desc="test", progress=p.live_plot)
     if not trainer.is_world_process_zero():
         return None
     metrics = {"base_model": teacher.source, "valid_cer_before": valid_before["cer"],

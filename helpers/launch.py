@@ -16,25 +16,18 @@ manifest, and only the main process writes files. From a notebook, :func:`notebo
 """
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from . import adalora, data, distill, finetune, pseudo, student
+from . import adalora, data, distill, evaluate, finetune, pseudo, student
+from .config import PHASES
 from .files import RunDir, read_json
 from .whisper.processes import free_port
 
-RUN_PHASE = {"data": data.run_phase, "finetune": finetune.run_phase, "pseudo": pseudo.run_phase,
-             "student": student.run_phase, "distill": distill.run_phase, "adalora": adalora.run_phase}
-
-
-def results_file(phase: str, run_dir) -> Path:
-    """The file ``phase`` writes its results to (what :func:`notebook_launch` reads back)."""
-    run = RunDir(run_dir)
-    return {"data": run.data_report, "finetune": run.metrics("teacher"), "pseudo": run.pseudo_report,
-            "student": run.metrics("student_init"), "distill": run.metrics("student_kd"),
-            "adalora": run.metrics("student_adalora")}[phase]
+RUN_PHASE = {module.__name__.rsplit(".", 1)[1]: module.run_phase
+             for module in (data, finetune, pseudo, student, distill, adalora, evaluate)}
+assert set(RUN_PHASE) == set(PHASES), "every phase of config.PHASES has a module with run_phase"
 
 
 def notebook_launch(phase: str, p, num_processes: int = 1) -> dict:
@@ -57,7 +50,7 @@ def notebook_launch(phase: str, p, num_processes: int = 1) -> dict:
 
     p = SimpleNamespace(**{**vars(p), "live_plot": False})  # the forked processes cannot draw in the notebook
     notebook_launcher(RUN_PHASE[phase], args=(p,), num_processes=num_processes, use_port=str(free_port()))
-    results = results_file(phase, p.run_dir)
+    results = RunDir(p.run_dir).phase_results(phase)
     if not results.exists():
         raise RuntimeError(f"the {phase} phase ran on {num_processes} processes but wrote no {results}")
     return read_json(results)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import STUDENTS, TEACHERS
 from .figures import stats
-from .files import RunDir, read_json
+from .files import STUDENTS, TEACHERS, RunDir, read_json
 
 
 def add_comparisons(results: pd.DataFrame, predictions: pd.DataFrame, reference: str | None = None,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .evaluate import STUDENTS, TEACHERS
-from .figures.stats import overlap, spread
+from .figures.stats import overlap
+from .figures.timing import take_turns
+from .files import STUDENTS, TEACHERS
 from .speech.text import score
 from .whisper.decode import transcribe
 from .whisper.models import check_compatible, decoder_only, load_whisper, same_encoder
@@ -73,16 +74,16 @@ def speculative_check(teacher, student, manifest: pd.DataFrame, rounds: int = 3,
             "teacher + student (speculative)": (teacher.model, teacher.processor, assistant),
             "student alone": (student.model, student.processor, None)}
     kwargs = dict(max_new_tokens=max_new_tokens, progress=False, shard=False)
-    for model, processor, helper in ways.values() if warmup else ():
-        transcribe(model, processor, manifest.head(warmup), 1, assistant_model=helper, **kwargs)
-    texts, seconds = {}, {name: [] for name in ways}
-    for _ in range(max(1, rounds)):
-        for name, (model, processor, helper) in ways.items():
-            preds, stats = transcribe(model, processor, manifest, 1, assistant_model=helper, **kwargs)
-            texts.setdefault(name, preds)
-            seconds[name].append(stats["compute_s"])
+
+    def way(model, processor, helper, clips):
+        return lambda: transcribe(model, processor, clips, 1, assistant_model=helper, **kwargs)
+
+    timed = take_turns({name: way(*w, manifest) for name, w in ways.items()}, max(1, rounds),
+                       warmup={name: way(*w, manifest.head(warmup)) for name, w in ways.items()} if warmup else {},
+                       seconds=lambda out: out[1]["compute_s"])
+    texts = {name: t.outputs[0][0] for name, t in timed.items()}  # greedy: every round gives the same text
+    spreads = {name: t.spread() for name, t in timed.items()}
     audio_s = float(manifest["duration"].sum())
-    spreads = {name: spread(values) for name, values in seconds.items()}
     speed = pd.DataFrame({name: {"RTFx": audio_s / spreads[name]["median"], "seconds": spreads[name]["median"],
                                  "seconds min": spreads[name]["min"], "seconds max": spreads[name]["max"],
                                  "CER %": score(refs, texts[name], fold)["cer"]} for name in ways}).T
@@ -118,3 +119,14 @@ def run_check(model_paths: dict[str, str], results: pd.DataFrame, test_sets: dic
     summary, speed = speculative_check(teacher, assistant, clips, fold=fold)
     summary.update(teacher=teacher_name, assistant_model=assistant_name, test_set=first_set)
     return summary, speed
+
+
+def describe(summary: dict | None) -> str:
+    """One sentence on :func:`run_check`'s summary (or that the check did not run)."""
+    if summary is None:
+        return "speculative decoding skipped (turned off, or no teacher and student both evaluated)"
+    s = summary
+    return (f"{s['teacher']} with the {s['assistant_model']} as assistant ({s['assistant']}), {s['utterances']} "
+            f"utterances of {s['test_set']}: {s['differ']} transcripts differ from the teacher's greedy ones; "
+            f"speed-up {s['speed_up']:.2f}x (rounds' range {s['speed_up_low']:.2f}-{s['speed_up_high']:.2f}x): "
+            f"{s['speed_verdict']}")

@@ -26,12 +26,9 @@ import torch
 
 from .figures import plots
 from .speech import text
-from .speech.audio import log_mel, read_row
+from .speech.audio import AUDIO_SUFFIXES, SAMPLING_RATE, log_mel, read_row
 from .whisper import longform
 from .whisper.models import load_whisper, window_seconds
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-SAMPLING_RATE = 16_000
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ DEADLINE_S = 450             # the test's body, the notebook opened to the last 
 NOTEBOOK_TIMEOUT_S = 6 * 60  # run-all of notebook 07 (40 s to 1.5 minutes on two cores)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-# the stages the run folder below holds, in notebook 07's order (helpers.evaluate.STAGES)
+# the stages the run folder below holds, in notebook 07's order (helpers.files.STAGES)
 STAGES = ["base teacher", "fine-tuned teacher", "student before KD", "distilled student"]
 
 try:

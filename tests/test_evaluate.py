@@ -18,7 +18,7 @@ from helpers.figures.memory import PeakMemory
 from helpers.files import write_json
 from helpers.speech import text
 from helpers.speech.manifest import load_manifest
-from helpers.whisper import decode, models
+from helpers.whisper import decode, measure, models
 from tests.fixtures import build_tiny_whisper, write_tone
 
 
@@ -146,7 +146,7 @@ def student_dir(teacher, tmp_path_factory):
 def evaluated(student_dir, test_rows):
     paths = {"fine-tuned teacher": str(TINY_TEACHER), "broken": "/no/such/model",
              "student before KD": str(student_dir)}
-    results, predictions = evaluate.evaluate_models(paths, {"test": test_rows, "again": test_rows.head(2)},
+    results, predictions = measure.evaluate_models(paths, {"test": test_rows, "again": test_rows.head(2)},
                                                     batch_size=2, rounds=3, progress=False, device="cpu")
     return report.add_comparisons(results, predictions), predictions
 
@@ -227,7 +227,7 @@ def test_worst_utterances_come_highest_cer_first(evaluated):
 
 def test_evaluate_models_refuses_an_empty_test_set(test_rows):
     with pytest.raises(ValueError, match="'empty' has no rows"):
-        evaluate.evaluate_models({"t": str(TINY_TEACHER)}, {"empty": test_rows.head(0)}, progress=False)
+        measure.evaluate_models({"t": str(TINY_TEACHER)}, {"empty": test_rows.head(0)}, progress=False)
 
 
 def test_peak_memory_sees_a_large_allocation():

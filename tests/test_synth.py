@@ -13,7 +13,7 @@ import soundfile as sf
 
 from helpers.speech import synth
 
-SR = synth.SAMPLE_RATE  # 16 kHz
+SR = synth.SAMPLING_RATE  # 16 kHz
 
 
 def rms(x):

@@ -8,6 +8,7 @@ import torch
 from transformers import TrainerCallback
 
 from helpers import config
+from helpers.figures import memory
 from helpers.speech import collate
 from helpers.whisper import train
 from helpers.whisper.models import LoadedWhisper
@@ -46,7 +47,7 @@ def test_last_checkpoint_is_the_highest_step_not_the_last_in_name_order(tmp_path
 
 
 def test_memory_budget_of_full_fine_tuning_is_16_bytes_per_parameter():
-    table = train.memory_budget(n_params=1_000_000_000, n_lora=0)
+    table = memory.memory_budget(n_params=1_000_000_000, n_lora=0)
     assert table.loc["full fine-tuning, AdamW, mixed precision", "total (GB)"] == 16.0
     assert table.loc["LoRA on a frozen fp16 base", "total (GB)"] == 2.0  # fp16 weights only
 

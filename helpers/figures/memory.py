@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -97,7 +98,7 @@ class PeakMemory:
 # Tensor memory of a training step, accounted
 # ---------------------------------------------------------------------------------------------
 CATEGORIES = ("parameters", "buffers", "inputs", "gradients", "optimizer", "activations", "temporaries")
-GB = 1e9  # results and tables are in GB of 10^9 bytes, like helpers.whisper.train.memory_budget
+GB = 1e9  # results and tables are in GB of 10^9 bytes, like memory_budget
 
 
 def _storages(tensor: torch.Tensor) -> list:
@@ -305,6 +306,22 @@ def cuda_autocast_policy(ops=("layer_norm",)):
         yield
     finally:
         lib._destroy()
+
+
+def memory_budget(n_params: int, n_lora: int) -> pd.DataFrame:
+    """Static GPU memory (GB, 1e9 bytes) of each fine-tuning recipe before activations.
+
+    Full fine-tuning with AdamW in mixed precision keeps fp32 weights (4 B), fp32 gradients (4 B) and two
+    fp32 Adam moments (8 B) per parameter: 16 B. LoRA keeps the base frozen in fp16 (2 B) or 8-bit (1 B)
+    and trains only the adapters (16 B each). Activations come on top: measure them (bench/).
+    """
+    rows = [("full fine-tuning, AdamW, mixed precision", 4 * n_params, 4 * n_params, 8 * n_params),
+            ("full fine-tuning, 8-bit Adam", 4 * n_params, 4 * n_params, 2 * n_params),
+            ("LoRA on a frozen fp16 base", 2 * n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora),
+            ("LoRA on a frozen 8-bit base", n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora)]
+    table = pd.DataFrame(rows, columns=["recipe", "weights", "gradients", "optimizer"]).set_index("recipe") / 1e9
+    table["total (GB)"] = table.sum(axis=1)
+    return table.round(2)
 
 
 def fit_table(results: dict, budget_gb: float = 8.0, *, cuda_context_gb: float | None = None,

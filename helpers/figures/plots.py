@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from ..speech.audio import read_row
+from ..speech.audio import SAMPLING_RATE, read_row
 from ..speech.text import align, mixed_tokens
 
 
@@ -84,7 +84,7 @@ def audio_examples(rows: pd.DataFrame, n: int = 3, columns: tuple[str, ...] = ("
         fields = "<br>".join(f"<b>{escape(c)}</b>: {escape(_fmt(rec[c]))}" for c in columns if c in rec)
         extra = ", ".join(f"{k} {rec[k]}" for k in ("speaker", "noise", "snr_db") if k in rec and pd.notna(rec[k]))
         blocks.append(f"<p>{fields} <small>({rec['duration']:.2f} s{', ' + extra if extra else ''})</small></p>"
-                      + Audio(read_row(rec), rate=16_000)._repr_html_())
+                      + Audio(read_row(rec), rate=SAMPLING_RATE)._repr_html_())
     return HTML("".join(blocks))
 
 
@@ -266,7 +266,7 @@ def worst_examples(worst: pd.DataFrame, fold: str | None = "t2s"):
                       f"<small>({rec['duration']:.2f} s, {escape(rec['model'])})</small>"
                       f"<br>reference: {escape(rec['reference'])}<br>prediction: {escape(str(rec['prediction']))}</p>"
                       + alignment_html(align(rec["reference"], str(rec["prediction"]), fold=fold))
-                      + Audio(read_row(rec), rate=16_000)._repr_html_())
+                      + Audio(read_row(rec), rate=SAMPLING_RATE)._repr_html_())
     return HTML("".join(blocks))
 
 

@@ -71,11 +71,12 @@ def verdict(difference: dict, lower_is_better: bool = True) -> str:
 
 
 def spread(values) -> dict:
-    """Median, minimum and maximum of repeated measurements (e.g. seconds of several timing rounds)."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
+    """Median, minimum and maximum of repeated measurements (e.g. seconds of several timing rounds). The median is
+    the median round of :mod:`helpers.figures.timing` (the lower middle for an even count), a value that occurred."""
+    values = sorted(float(v) for v in values)
+    if not values:
         raise ValueError("no measurements")
-    return {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max())}
+    return {"median": values[(len(values) - 1) // 2], "min": values[0], "max": values[-1]}
 
 
 def overlap(a: dict, b: dict) -> bool:

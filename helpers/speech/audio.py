@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+SAMPLING_RATE = 16_000  # Hz: what Whisper's feature extractors expect and what the corpus files are written at
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")  # what soundfile reads here (libsndfile)
 
-def read_audio(path: str | Path, sampling_rate: int = 16_000, offset: float | None = None,
+
+def read_audio(path: str | Path, sampling_rate: int = SAMPLING_RATE, offset: float | None = None,
                duration: float | None = None) -> np.ndarray:
     """Read ``path`` (or ``duration`` seconds of it from ``offset`` seconds on), average to mono and
     resample to ``sampling_rate`` Hz. Returns float32 samples.
@@ -42,7 +45,20 @@ def read_audio(path: str | Path, sampling_rate: int = 16_000, offset: float | No
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def read_row(row: dict, sampling_rate: int = 16_000) -> np.ndarray:
+def read_recording(path: str | Path, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """The samples of the recording ``path`` (mono, ``sampling_rate`` Hz); ``FileNotFoundError`` or ``ValueError``
+    naming the file when it is missing or not audio."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        return read_audio(path, sampling_rate)
+    except Exception as err:  # soundfile says why; keep its words, name the file
+        raise ValueError(f"{path}: cannot read the audio file ({str(err).splitlines()[0][:120]}); give a wav, flac, "
+                         "ogg or mp3 file") from err
+
+
+def read_row(row: dict, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """The audio of one manifest row: the whole file, or the piece ``offset`` .. ``offset + duration`` when the
     row has an ``offset`` (a piece of a long recording, see ``audio.cut_at_pauses``)."""
     offset = row.get("offset")

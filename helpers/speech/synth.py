@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16_000  # Hz, what the corpus files are written at (Whisper's rate)
+from .audio import SAMPLING_RATE
 
 # ---------------------------------------------------------------------------------------------
 # The grammar. Slot fillers are lists of (text, syllables); English words count as 2 syllables.
@@ -255,7 +255,7 @@ def make_speakers(voices: list[str], per_voice: int, rng: random.Random, prefix:
             for i, (v, _) in enumerate((v, k) for v in voices for k in range(per_voice))]
 
 
-def make_noise(kind: str, n: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def make_noise(kind: str, n: int, rng: np.random.Generator, sample_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Unit-RMS noise of ``n`` samples: white, pink (power 1/f), brown (1/f^2), blue (rising as f), mains hum
     (60 Hz + harmonics) or crackle (sparse clicks over a faint hiss, like a loose cable)."""
     if kind == "crackle":
@@ -342,7 +342,7 @@ def plan_corpus(splits: list[SplitSpec], seed: int = 0, max_syllables: int = 14)
     return rows
 
 
-def render(row: dict, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def render(row: dict, sample_rate: int = SAMPLING_RATE) -> np.ndarray:
     """Synthesise one planned utterance at ``sample_rate`` Hz, with its noise, 0.2 s of padding either side."""
     import librosa
 
@@ -376,8 +376,8 @@ def write_corpus(out_dir: str | Path, splits: list[SplitSpec], seed: int = 0, pr
     for row in tqdm(plan, desc="synthesising speech", unit="clip", disable=not progress):
         audio = render(row)
         rel = Path("wav") / f"{row['id']}.wav"
-        sf.write(out_dir / rel, audio, SAMPLE_RATE, subtype="PCM_16")
-        rows.append({"audio": rel.as_posix(), "text": row["text"], "duration": round(len(audio) / SAMPLE_RATE, 3),
+        sf.write(out_dir / rel, audio, SAMPLING_RATE, subtype="PCM_16")
+        rows.append({"audio": rel.as_posix(), "text": row["text"], "duration": round(len(audio) / SAMPLING_RATE, 3),
                      "split": row["split"], "source": "synthetic", "speaker": row["speaker_id"],
                      "voice": row["voice"], "noise": row["noise"], "snr_db": row["snr_db"]})
     tmp = manifest.with_suffix(".tmp")

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..figures.timing import take_turns
 from ..speech.audio import log_mel, read_row
+from ..speech.text import score
 from .processes import gather_blocks, process_state, shard_bounds
 
 
@@ -145,6 +147,18 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
                          "ms_per_step": 1000 * compute_s / max(steps, 1)}
 
 
+def transcribe_and_score(model, processor, rows: pd.DataFrame, batch_size: int = 16, *, fold: str | None = "t2s",
+                         desc: str = "scoring", progress: bool = True, **kwargs) -> tuple[dict, list[str]]:
+    """Transcribe a split (:func:`transcribe`) and score it against ``rows["text"]``: the one way every phase
+    scores a model. Returns ``(metrics, predictions)``; ``metrics`` has ``cer``, ``wer``, ``mer`` and
+    ``exact_match`` (percent, ``text.score`` with ``fold``), ``utterances``, ``audio_s``, ``compute_s`` and ``rtfx``.
+    ``kwargs`` go to :func:`transcribe` (``max_new_tokens``, ``shard``...)."""
+    predictions, stats = transcribe(model, processor, rows, batch_size, desc=desc, progress=progress, **kwargs)
+    metrics = {**score(rows["text"].tolist(), predictions, fold), "utterances": len(rows),
+               **{key: stats[key] for key in ("audio_s", "compute_s", "rtfx")}}
+    return metrics, predictions
+
+
 @torch.no_grad()
 def sequence_confidence(model, hidden: torch.Tensor, sequences: torch.Tensor, prompt: list[int], eos_token_id: int,
                         no_speech_token_id: int | None = None, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -208,25 +222,24 @@ def merge_speed(shards: list[dict]) -> dict:
 
 
 def compare_speed(models: dict, manifest: pd.DataFrame, batch_size: int = 16, rounds: int = 3,
-                  warmup: int = 4) -> pd.DataFrame:
+                  warmup: int = 4, fold: str | None = "t2s") -> pd.DataFrame:
     """Decoding speed of several loaded models on the same clips, same batch size, same device, side by side.
 
-    After ``warmup`` untimed clips each, the models take turns for ``rounds`` rounds over all clips, so that
-    whatever else the machine does falls on all of them alike. ``models`` maps a name to a LoadedWhisper.
-    Returns one row per model: the stats of :func:`transcribe` for its median round, ``compute_s_min`` and
-    ``compute_s_max`` over the rounds, and its transcripts (``predictions``, for scoring).
+    :func:`helpers.figures.timing.take_turns`: after ``warmup`` untimed clips each, the models take turns for
+    ``rounds`` rounds over all clips, each round counting the compute seconds :func:`transcribe` measured. ``models``
+    maps a name to a LoadedWhisper. Returns one row per model: its scores against ``manifest["text"]`` (``cer``,
+    ``wer``, ``mer``, ``exact_match``, as :func:`transcribe_and_score`), the stats of :func:`transcribe` for its
+    median round, ``compute_s_min`` and ``compute_s_max`` over the rounds, and its transcripts (``predictions``).
     """
-    for loaded in models.values():
-        transcribe(loaded.model, loaded.processor, manifest.head(warmup), batch_size, progress=False, shard=False)
-    runs: dict[str, list] = {name: [] for name in models}
-    for _ in range(max(1, rounds)):
-        for name, loaded in models.items():
-            runs[name].append(transcribe(loaded.model, loaded.processor, manifest, batch_size, progress=False,
-                                         shard=False))
+    def run(loaded, rows):
+        return lambda: transcribe(loaded.model, loaded.processor, rows, batch_size, progress=False, shard=False)
+
+    timed = take_turns({name: run(m, manifest) for name, m in models.items()}, rounds,
+                       warmup={name: run(m, manifest.head(warmup)) for name, m in models.items()},
+                       seconds=lambda out: out[1]["compute_s"])
     rows = {}
-    for name, passes in runs.items():
-        ordered = sorted(passes, key=lambda run: run[1]["compute_s"])
-        predictions, median = ordered[(len(ordered) - 1) // 2]
-        rows[name] = {**median, "compute_s_min": ordered[0][1]["compute_s"],
-                      "compute_s_max": ordered[-1][1]["compute_s"], "predictions": predictions}
+    for name, t in timed.items():
+        predictions, median = t.median_output
+        rows[name] = {**score(manifest["text"].tolist(), predictions, fold), **median, "compute_s_min": t.min,
+                      "compute_s_max": t.max, "predictions": predictions}
     return pd.DataFrame.from_dict(rows, orient="index")

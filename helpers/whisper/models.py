@@ -25,6 +25,8 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from ..speech.audio import SAMPLING_RATE
+
 # Whisper's special tokens in Whisper's order, cut down to the two languages the workbook needs.
 # Whisper's code relies on this order: language id = start-of-transcript id + 1 + index in its
 # language list (en first, zh second), no-speech = no-timestamps - 1, and ids above no-timestamps
@@ -222,7 +224,7 @@ def build_tokenizer(texts, vocab_size: int = 1000) -> WhisperTokenizer:
 
 def tiny_feature_extractor(window_s: int = 5, num_mel_bins: int = 80) -> WhisperFeatureExtractor:
     """Whisper's log-mel features over a ``window_s``-second window (Whisper itself uses 30 s)."""
-    return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16_000, chunk_length=window_s)
+    return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SAMPLING_RATE, chunk_length=window_s)
 
 
 def tiny_config(tokenizer: WhisperTokenizer, *, window_s: int = 5, d_model: int = 192, layers: int = 4,

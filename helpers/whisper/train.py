@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
@@ -191,22 +190,6 @@ def lora_parameter_count(model, r: int, targets=LORA_TARGETS) -> int:
     """Parameters LoRA of rank ``r`` adds on the ``targets`` linear layers: r x (in + out) each."""
     return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
-
-
-def memory_budget(n_params: int, n_lora: int) -> pd.DataFrame:
-    """Static GPU memory (GB, 1e9 bytes) of each fine-tuning recipe before activations.
-
-    Full fine-tuning with AdamW in mixed precision keeps fp32 weights (4 B), fp32 gradients (4 B) and two
-    fp32 Adam moments (8 B) per parameter: 16 B. LoRA keeps the base frozen in fp16 (2 B) or 8-bit (1 B)
-    and trains only the adapters (16 B each). Activations come on top: measure them (bench/).
-    """
-    rows = [("full fine-tuning, AdamW, mixed precision", 4 * n_params, 4 * n_params, 8 * n_params),
-            ("full fine-tuning, 8-bit Adam", 4 * n_params, 4 * n_params, 2 * n_params),
-            ("LoRA on a frozen fp16 base", 2 * n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora),
-            ("LoRA on a frozen 8-bit base", n_params + 4 * n_lora, 4 * n_lora, 8 * n_lora)]
-    table = pd.DataFrame(rows, columns=["recipe", "weights", "gradients", "optimizer"]).set_index("recipe") / 1e9
-    table["total (GB)"] = table.sum(axis=1)
-    return table.round(2)
 
 
 def finetune(p, loaded, train_ds, eval_ds, out_dir: Path, live: bool = True):
