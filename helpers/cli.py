@@ -79,10 +79,10 @@ def command_line(prog: str, description: str, argv: list[str] | None = None) -> 
     return parse_params(args.parameters_file, args.parameter, args.profile, args.run_dir)
 
 
-def phase_main(phase: str, run_phase, argv: list[str] | None = None) -> int:
+def phase_main(phase: str, run_phase, argv: list[str] | None = None, input_errors: tuple = ()) -> int:
     """``python -m helpers.<phase>``: the notebook's parameters from the command line, checked, then
-    ``run_phase(p)``. Bad parameters and missing inputs end in one line on stderr (exit status 2), not a
-    traceback."""
+    ``run_phase(p)``. Bad parameters, missing inputs and the phase's own bad-input errors (``input_errors``, e.g.
+    ``DataError``: their messages say what to do) end in one line on stderr (exit status 2), not a traceback."""
     notebook = PHASES[phase]
     description = (f"The {phase} phase of notebook {notebook}, with that notebook's parameters. Alone it runs in "
                    f"one process; under `accelerate launch ... -m helpers.{phase}` on all the launched processes.")
@@ -95,7 +95,7 @@ def phase_main(phase: str, run_phase, argv: list[str] | None = None) -> int:
         return 2
     try:
         run_phase(p)
-    except FileNotFoundError as err:  # an earlier phase has not run: say which file is missing
+    except (FileNotFoundError, *input_errors) as err:  # an earlier phase has not run, or the input is bad
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

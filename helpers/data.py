@@ -7,6 +7,7 @@ and reported, never silently dropped.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from . import cli, config
 from .files import RunDir, shown
 from .speech import text
 from .speech.audio import read_audio
+from .speech.checks import SKIPPED_COLUMNS, RowLimits
+from .speech.errors import DataError
+from .speech.leaks import drop_repeats
 from .speech.manifest import UNLABELLED, check_rows, holdout_split, read_csv, save_manifests, take, text_overlap
 from .speech.sources import cut_long, find_audio, load_hub, load_synthetic
 
@@ -24,23 +28,45 @@ from .speech.sources import cut_long, find_audio, load_hub, load_synthetic
 # The whole data phase (notebook 01) in one call
 # ---------------------------------------------------------------------------------------------
 SPLITS = ("train", "valid", "test")  # the transcribed splits, in the order the course uses them
+SMALL_SPLIT = 10  # valid or test with fewer utterances: their error rates are mostly chance (a warning says so)
 
 
 def prepare(p) -> dict:
     """Build, check, split and save the manifests for notebook 01's parameters ``p`` (see config.py).
 
     Returns ``{"train", "valid", "test", "skipped", "report"}`` (and ``"unlabelled"`` when the synthetic source
-    makes ``p.num_unlabelled`` clips without transcripts); files go to ``RunDir(p.run_dir).data``. A split the
-    source does not provide (no ``valid_csv``, no ``hub_valid_split``...) is held out from the training rows:
+    makes ``p.num_unlabelled`` clips without transcripts, or untranscribed recordings are given); files go to
+    ``RunDir(p.run_dir).data``. Every row is checked first (:func:`check_rows`), then one row per recording is kept
+    (:func:`drop_repeats`: duplicates, and audio given in two splits, are reported), and only then is a split the
+    source does not provide (no ``valid_csv``, no ``hub_valid_split``...) held out of the usable training rows:
     ``valid_fraction`` / ``test_fraction`` of them, whole speakers at a time when ``speaker_column`` is named.
+    Whatever stops the run, ``skipped.csv`` and ``report.json`` are written first; bad input raises
+    :class:`DataError` with a message that says what to do and where the skipped rows are listed.
     """
     data_dir = RunDir(p.run_dir).data
+    found = {"skipped": pd.DataFrame(columns=SKIPPED_COLUMNS)}
+    try:
+        return _prepare(p, data_dir, found)
+    except Exception as err:
+        pointer = _write_stopped(data_dir, found["skipped"], p, err)
+        if isinstance(err, DataError):
+            raise type(err)(f"{err} {pointer}") from None
+        raise
+
+
+def _prepare(p, data_dir: Path, found: dict) -> dict:
+    """:func:`prepare`'s steps; ``found["skipped"]`` holds the rows skipped so far, for when a step stops."""
     rows = pd.concat([read_source(p, data_dir), read_unlabelled(p, data_dir)], ignore_index=True)
-    kept, skipped = check_rows(rows, p.max_duration_s)
+    kept, skipped = check_rows(rows, p.max_duration_s, RowLimits.of(p), content_keys=True)
+    found["skipped"] = skipped
+    kept, repeats = drop_repeats(kept)
+    found["skipped"] = skipped = _joined(skipped, repeats)
+    kept = hold_out(kept.drop(columns="content"), p, skipped)
     recordings = (kept["split"] == UNLABELLED) & (kept["source"] != "synthetic")  # of any length: cut at pauses
     pieces, silent = cut_long(kept[recordings], p.max_duration_s or 30.0, progress=p.live_plot)
     if recordings.any():
-        kept, skipped = kept[~recordings], pd.concat([skipped, silent], ignore_index=True)
+        kept, skipped = kept[~recordings], _joined(skipped, silent)
+        found["skipped"] = skipped
     sizes = {"train": p.num_train, "valid": p.num_valid, "test": p.num_test}
     splits = {name: take(kept, name, sizes[name], p.seed) for name in SPLITS}
     synthetic = kept[(kept["split"] == UNLABELLED) & (kept["source"] == "synthetic")]
@@ -49,40 +75,111 @@ def prepare(p) -> dict:
         splits[UNLABELLED] = pd.concat(unlabelled, ignore_index=True)
     for name in SPLITS:
         if splits[name].empty:
-            raise ValueError(f"no usable {name} rows are left ({len(skipped)} skipped; see the skipped table). "
-                             "Check the paths and transcripts of your data.")
+            raise DataError(f"no usable {name} rows are left ({_origin(name, p)}; skipped: "
+                            f"{_reasons(skipped, name)}). Check the paths and transcripts of your data.")
     report = summarize(splits, skipped, p)
+    notes = _small_split_notes(splits, p)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    if notes:
+        report["warnings"] = notes
     save_manifests(data_dir, splits, skipped, report)
     return {**splits, "skipped": skipped, "report": report}
 
 
+def _joined(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Two skipped tables as one (an empty one adds nothing)."""
+    return pd.concat([first, second], ignore_index=True) if len(second) else first
+
+
+def _reasons(skipped: pd.DataFrame, split: str) -> str:
+    counts = skipped.loc[skipped["split"] == split, "reason"].value_counts()
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
+def _write_stopped(data_dir: Path, skipped: pd.DataFrame, p, err: Exception) -> str:
+    """Write ``skipped.csv`` and a report saying why the run stopped (manifests of an earlier run are left as
+    they are); returns the sentence that points at ``skipped.csv``."""
+    report = {"source": p.source, "seed": p.seed, "stopped": f"{type(err).__name__}: {err}",
+              "skipped": {"total": int(len(skipped)), "by_reason": skipped["reason"].value_counts().to_dict()}}
+    try:
+        save_manifests(data_dir, {}, skipped, report)
+    except OSError as failed:
+        return f"(skipped.csv could not be written to {shown(data_dir)}: {failed})"
+    return f"(every skipped row, with its reason and line: {shown(data_dir / 'skipped.csv')}, {len(skipped)} rows)"
+
+
+def _small_split_notes(splits: dict, p) -> list[str]:
+    """A warning when your own valid or test split is too small for its error rates to mean anything."""
+    small = {name: len(splits[name]) for name in ("valid", "test") if len(splits[name]) < SMALL_SPLIT}
+    if not small or p.source == "synthetic":
+        return []
+    sizes = ", ".join(f"{name} {n}" for name, n in small.items())
+    return [f"only {sizes} utterances: each clip weighs {100 / min(small.values()):.0f} % of its split, so the error "
+            f"rates measured on them are mostly chance and the figures will be meaningless; give at least "
+            f"{SMALL_SPLIT} each (valid_csv / test_csv, or more rows) for numbers worth reading"]
+
+
+def missing_splits(p) -> dict[str, float]:
+    """The splits the source does not provide, with the share of the training rows held out for each."""
+    if p.source == "synthetic":
+        return {}
+    given = ({"valid": p.valid_csv, "test": p.test_csv} if p.source == "csv"
+             else {"valid": p.hub_valid_split, "test": p.hub_test_split})
+    return {split: getattr(p, f"{split}_fraction") for split, name in given.items() if not name}
+
+
+def hold_out(kept: pd.DataFrame, p, skipped: pd.DataFrame) -> pd.DataFrame:
+    """Hold valid and/or test out of the usable training rows (:func:`missing_splits`); with too few of them, a
+    :class:`DataError` saying how many there are, what each split needs and the two ways out."""
+    missing = missing_splits(p)
+    if not missing:
+        return kept
+    if not (kept["split"] == "train").any():
+        raise DataError(f"no usable train rows are left ({_origin('train', p)}; skipped: "
+                        f"{_reasons(skipped, 'train')}). Check the paths and transcripts of your data.")
+    try:
+        return holdout_split(kept, missing, p.seed, "speaker" if p.speaker_column else None)
+    except DataError as err:
+        given = " and ".join(f"{s}_csv" if p.source == "csv" else f"hub_{s}_split" for s in missing)
+        raise DataError(f"{_origin('train', p)}: {err}. Two ways out: give {given} (rows of their own), or add "
+                        f"usable rows ({int((skipped['split'] == 'train').sum())} were skipped)") from None
+
+
+def _origin(split: str, p) -> str:
+    """Where the rows of ``split`` come from, as a message names it."""
+    if p.source == "csv":
+        path = getattr(p, f"{split}_csv")
+        return f"{split}_csv {path}" if path else f"held out of train_csv {p.train_csv}"
+    if p.source == "hub":
+        name = getattr(p, f"hub_{split}_split")
+        return f"split {name!r} of {p.hub_dataset}" if name else f"held out of split {p.hub_train_split!r}"
+    return "the synthetic corpus"
+
+
 def read_source(p, data_dir: Path) -> pd.DataFrame:
-    """The rows of ``p.source`` with their ``split`` (train, valid, test, unlabelled), before any check."""
+    """The rows of ``p.source`` with their ``split`` (train, and valid / test where the source gives them),
+    before any check; valid and test rows the source does not give are held out later (:func:`hold_out`)."""
     repo_path = config.repo_path
     if p.source == "synthetic":
         return load_synthetic(Path(p.run_dir) / "corpus", p.num_train, p.num_test, p.seed, p.num_unlabelled or 0,
                               p.num_valid or 0, progress=p.live_plot)
-    given = {}
     if p.source == "csv":
         if not p.train_csv:
-            raise ValueError("source='csv' needs train_csv (a CSV with columns "
-                             f"{p.audio_column!r} and {p.text_column!r})")
+            raise DataError("source='csv' needs train_csv (a CSV with columns "
+                            f"{p.audio_column!r} and {p.text_column!r})")
         csvs = {"train": p.train_csv, "valid": p.valid_csv, "test": p.test_csv}
-        given = {split: read_csv(repo_path(path), p.audio_column, p.text_column, split,
-                                 speaker_column=p.speaker_column)
+        given = {split: read_csv(repo_path(path), p.audio_column, p.text_column, split, p.csv_encoding,
+                                 p.speaker_column, p.csv_delimiter)
                  for split, path in csvs.items() if path}
     else:  # hub
         if not p.hub_dataset:
-            raise ValueError("source='hub' needs hub_dataset (a hub id or a local dataset folder)")
+            raise DataError("source='hub' needs hub_dataset (a hub id or a local dataset folder)")
         names = {"train": p.hub_train_split, "valid": p.hub_valid_split, "test": p.hub_test_split}
         given = {split: load_hub(p.hub_dataset, p.hub_config, name, p.hub_audio_column, p.hub_text_column,
                                  data_dir / "hub_audio", split, speaker_column=p.speaker_column)
                  for split, name in names.items() if name}
-    rows = pd.concat(given.values(), ignore_index=True)
-    missing = {split: getattr(p, f"{split}_fraction") for split in ("valid", "test") if split not in given}
-    if missing:
-        rows = holdout_split(rows, missing, p.seed, "speaker" if p.speaker_column else None)
-    return rows
+    return pd.concat(given.values(), ignore_index=True)
 
 
 def read_unlabelled(p, data_dir: Path) -> pd.DataFrame:
@@ -93,10 +190,11 @@ def read_unlabelled(p, data_dir: Path) -> pd.DataFrame:
     if p.unlabelled_dir:
         parts.append(find_audio(config.repo_path(p.unlabelled_dir)))
     if p.unlabelled_csv:
-        parts.append(read_csv(config.repo_path(p.unlabelled_csv), p.audio_column, None, UNLABELLED))
+        parts.append(read_csv(config.repo_path(p.unlabelled_csv), p.audio_column, None, UNLABELLED, p.csv_encoding,
+                              delimiter=p.csv_delimiter))
     if p.hub_unlabelled_split:
         if not p.hub_dataset:
-            raise ValueError("hub_unlabelled_split needs hub_dataset (a hub id or a local dataset folder)")
+            raise DataError("hub_unlabelled_split needs hub_dataset (a hub id or a local dataset folder)")
         parts.append(load_hub(p.hub_dataset, p.hub_config, p.hub_unlabelled_split, p.hub_audio_column, None,
                               data_dir / "hub_audio", UNLABELLED))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -166,4 +264,4 @@ def run_phase(p) -> dict:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(cli.phase_main("data", run_phase))
+    sys.exit(cli.phase_main("data", run_phase, input_errors=(DataError,)))

@@ -48,7 +48,8 @@ def test_read_csv_reads_the_same_rows_from_utf8_utf8_with_bom_and_cp950(tmp_path
     reference.write_text(csv_text(), encoding="utf-8")
     encoded = tmp_path / f"{encoding}.csv"
     encoded.write_bytes(csv_text().encode(encoding))
-    pd.testing.assert_frame_equal(manifest.read_csv(encoded), manifest.read_csv(reference))
+    pd.testing.assert_frame_equal(manifest.read_csv(encoded).drop(columns="csv"),
+                                  manifest.read_csv(reference).drop(columns="csv"))
 
 
 def test_read_csv_strips_the_utf8_byte_order_mark_from_the_first_column_name(tmp_path):
@@ -130,7 +131,9 @@ def test_read_csv_returns_manifest_rows_with_csv_line_numbers(tmp_path):
     path = tmp_path / "list.csv"
     path.write_text(csv_text([("a.wav", "  前後有空白  "), ("b.wav", "二")]), encoding="utf-8")
     rows = manifest.read_csv(path, split="test")
-    assert list(rows.columns) == ["audio", "text", "duration", "split", "source", "row"]
+    assert list(rows.columns) == ["audio", "text", "duration", "split", "source", "row", "csv", "problem",
+                                  "problem_detail"]
+    assert rows["csv"].tolist() == [str(path)] * 2 and (rows["problem"] == "").all()
     assert rows["text"].tolist() == ["前後有空白", "二"]
     assert rows["row"].tolist() == [2, 3]
     assert rows["split"].tolist() == ["test", "test"] and rows["source"].tolist() == ["csv", "csv"]
@@ -213,8 +216,10 @@ def test_check_rows_without_a_maximum_keeps_long_audio(tmp_path):
 def test_check_rows_reports_the_row_number_split_and_source_of_a_skipped_row(tmp_path):
     rows = manifest_rows((str(tmp_path / "gone.wav"), "你好"))
     _, skipped = manifest.check_rows(rows, 5.0)
-    assert skipped.to_dict("records") == [{"audio": str(tmp_path / "gone.wav"), "row": 2, "split": "train",
-                                            "source": "csv", "reason": "missing file"}]
+    record = skipped.to_dict("records")[0]
+    assert {k: record[k] for k in ("audio", "row", "split", "source", "reason")} == {
+        "audio": str(tmp_path / "gone.wav"), "row": 2, "split": "train", "source": "csv", "reason": "missing file"}
+    assert record["detail"].startswith(f"{tmp_path / 'gone.wav'} does not exist")
 
 
 def test_check_rows_with_no_usable_rows_returns_an_empty_table_with_the_manifest_columns():
@@ -311,7 +316,8 @@ def test_holdout_by_speaker_never_puts_one_speaker_on_two_sides():
 def test_holdout_by_speaker_refuses_when_no_speaker_would_be_left_for_training():
     rows = speakers_rows()
     rows["speaker"] = list("aaaaaabbbbbb")  # two speakers: one for valid, one for test, none for training
-    with pytest.raises(ValueError, match="only 2 'speaker' groups in train: cannot hold out valid, test"):
+    with pytest.raises(manifest.DataError, match="only 2 usable 'speaker' groups in train: cannot hold out valid, "
+                                                 "test"):
         manifest.holdout_split(rows, {"valid": 0.1, "test": 0.1}, group_column="speaker")
 
 
@@ -581,9 +587,13 @@ def test_prepare_csv_holds_out_whole_speakers_from_the_speaker_column(tmp_path):
 
 def test_prepare_reports_transcripts_shared_between_splits(tmp_path):
     train_csv = _tone_csv(tmp_path / "csv", "train.csv", 3)
-    test_csv = tmp_path / "csv" / "test.csv"  # the same first sentence, written with other punctuation
-    test_csv.write_text(csv_text([("audio/c0.wav", "第0句。"), ("audio/c1.wav", "別的句子")]), "utf-8")
-    valid_csv = _tone_csv(tmp_path / "csv", "valid.csv", 1, first=2)
+    test_csv = tmp_path / "csv" / "test.csv"  # the same first sentence (another recording), other punctuation
+    write_tone(tmp_path / "csv" / "audio" / "t0.wav", 0.8, freq=900)
+    write_tone(tmp_path / "csv" / "audio" / "t1.wav", 0.9, freq=950)
+    test_csv.write_text(csv_text([("audio/t0.wav", "第0句。"), ("audio/t1.wav", "別的句子")]), "utf-8")
+    valid_csv = tmp_path / "csv" / "valid.csv"  # the third sentence, another recording
+    write_tone(tmp_path / "csv" / "audio" / "v2.wav", 0.7, freq=1000)
+    valid_csv.write_text(csv_text([("audio/v2.wav", "第2句")]), "utf-8")
     p = config.resolve("01_data", {"source": "csv", "train_csv": str(train_csv), "test_csv": str(test_csv),
                                    "valid_csv": str(valid_csv), "run_dir": str(tmp_path / "run")})
     shared = data.prepare(p)["report"]["shared_texts"]
@@ -593,8 +603,9 @@ def test_prepare_reports_transcripts_shared_between_splits(tmp_path):
 
 def test_prepare_csv_reports_the_messy_rows_it_skipped(tmp_path, messy_csv):
     test_csv = _tone_csv(tmp_path / "csv", "test.csv", 2)
+    valid_csv = _tone_csv(tmp_path / "csv", "valid.csv", 2, first=2)
     p = config.resolve("01_data", {"source": "csv", "train_csv": str(messy_csv), "test_csv": str(test_csv),
-                                   "valid_csv": str(test_csv), "run_dir": str(tmp_path / "run")})
+                                   "valid_csv": str(valid_csv), "run_dir": str(tmp_path / "run")})
     result = data.prepare(p)
     assert len(result["train"]) == 2 and len(result["skipped"]) == 5
     assert result["report"]["skipped"]["total"] == 5
@@ -623,14 +634,29 @@ def test_prepare_stops_when_a_split_has_no_usable_rows(tmp_path):
         data.prepare(p)
 
 
-def test_prepare_hub_reads_the_splits_of_a_local_dataset_folder(tmp_path, path_dataset):
-    p = config.resolve("01_data", {"source": "hub", "hub_dataset": str(path_dataset), "hub_valid_split": "test",
+def test_prepare_hub_reads_the_splits_of_a_local_dataset_folder(tmp_path, tones):
+    extra = write_tone(tmp_path / "tones" / "t3.wav", 1.2, freq=700)
+    dataset = _parquet_dataset(tmp_path / "three_ds", {
+        "train": {"audio": [str(t) for t in tones[:2]], "sentence": ["第一句", "第二句"]},
+        "validation": {"audio": [str(extra)], "sentence": ["第四句"]},
+        "test": {"audio": [str(tones[2])], "sentence": ["第三句"]}})
+    p = config.resolve("01_data", {"source": "hub", "hub_dataset": str(dataset), "hub_valid_split": "validation",
                                    "run_dir": str(tmp_path / "run")})
     result = data.prepare(p)
-    assert result["valid"]["text"].tolist() == ["第三句"]
+    assert result["valid"]["text"].tolist() == ["第四句"]
     assert result["train"]["text"].tolist() == ["第一句", "第二句"]
     assert result["test"]["text"].tolist() == ["第三句"]
     assert result["test"]["duration"].tolist() == [1.5]
+
+
+def test_prepare_hub_with_the_test_split_given_as_valid_too_stops_saying_why(tmp_path, path_dataset):
+    # the test recordings would also steer training: kept in test, left out of valid, which is then empty
+    p = config.resolve("01_data", {"source": "hub", "hub_dataset": str(path_dataset), "hub_valid_split": "test",
+                                   "run_dir": str(tmp_path / "run")})
+    with pytest.raises(manifest.DataError, match="no usable valid rows .*same audio as a test row 1"):
+        data.prepare(p)
+    skipped = pd.read_csv(Path(p.run_dir) / "data" / "skipped.csv")
+    assert skipped[["split", "reason"]].values.tolist() == [["valid", "same audio as a test row"]]
 
 
 def test_prepare_hub_without_a_dataset_says_what_it_needs(tmp_path):

@@ -4,93 +4,25 @@ A manifest is a table with one row per utterance: ``audio`` (absolute path), ``t
 audio without a transcript), ``duration`` (seconds), ``split`` (train, valid, test, or ``unlabelled``: audio
 without a transcript, which only the teacher's pseudo-labels describe), ``source`` (csv/hub/synthetic), plus
 whatever the source adds (speaker, noise...). Pieces of long recordings add ``offset`` (seconds into the file).
-:func:`check_rows` keeps the rows a model can use and reports every other row with its reason, so nothing is
-dropped silently. Manifests are JSON-lines files (``<split>.jsonl``) in ``RunDir.data``.
+:func:`check_rows` (:mod:`helpers.speech.checks`) keeps the rows a model can use and reports every other row with
+its reason, so nothing is dropped silently; :func:`read_csv` (:mod:`helpers.speech.csvfile`) reads a person's CSV.
+Manifests are JSON-lines files (``<split>.jsonl``) in ``RunDir.data``.
 """
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
 import pandas as pd
 
 from ..files import atomic_write, write_json
+from .checks import SKIPPED_COLUMNS, UNLABELLED, RowLimits, check_rows
+from .csvfile import CSV_ENCODINGS, read_csv
+from .errors import DataError
 
-CSV_ENCODINGS = ("utf-8-sig", "cp950", "big5hkscs")  # utf-8-sig also reads plain UTF-8
-UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labelled by the teacher only)
-
-
-def read_csv(path: str | Path, audio_column: str = "file", text_column: str | None = "中文意譯",
-             split: str = "train", encoding: str | None = None, speaker_column: str | None = None) -> pd.DataFrame:
-    """Read a CSV in the reference layout (one row per recording: audio file, transcript).
-
-    Encodings tried in order unless ``encoding`` is given: UTF-8 (with or without BOM), cp950, Big5-HKSCS.
-    Relative audio paths are resolved against the CSV's folder. Returns manifest rows without
-    durations (see :func:`check_rows`); ``row`` holds the CSV line number (header = line 1); with
-    ``speaker_column`` the rows carry that column as ``speaker``. ``text_column`` None: audio without transcripts
-    (the text is left empty, a transcript column the file may have is ignored).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file {path} does not exist")
-    raw = path.read_bytes()
-    for enc in ([encoding] if encoding else CSV_ENCODINGS):
-        try:
-            table = pd.read_csv(io.StringIO(raw.decode(enc)), dtype=str, keep_default_na=False)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise ValueError(f"{path}: cannot decode the file as {' or '.join([encoding] if encoding else CSV_ENCODINGS)}; "
-                         "save it as UTF-8, or give its encoding")
-    missing = [c for c in (audio_column, text_column, speaker_column) if c and c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: no column(s) {missing}; the file has columns {list(table.columns)}. "
-                         "Set audio_column / text_column / speaker_column to the right names.")
-    audio = [str((path.parent / a.strip()).resolve()) if a.strip() else "" for a in table[audio_column]]
-    texts = table[text_column].str.strip() if text_column else ""
-    rows = pd.DataFrame({"audio": audio, "text": texts, "duration": float("nan"), "split": split, "source": "csv",
-                         "row": range(2, len(table) + 2)})
-    if speaker_column:
-        rows["speaker"] = table[speaker_column].str.strip().to_numpy()
-    return rows
-
-
-def check_rows(rows: pd.DataFrame, max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``rows`` into usable rows (with ``duration`` filled in from the file header) and skipped
-    rows (``audio``, ``row``, ``split``, ``reason``). Reasons: no audio path, missing file, unreadable
-    audio, empty audio, empty transcript, too long for the model's window. Rows of the ``unlabelled`` split
-    have no transcript and may be of any length: they are cut at pauses later (``sources.cut_long``)."""
-    import soundfile as sf
-
-    kept, skipped = [], []
-    for rec in rows.to_dict("records"):
-        path = rec["audio"]
-        reason = None
-        if not path:
-            reason = "no audio file named"
-        elif not Path(path).is_file():
-            reason = "missing file"
-        else:
-            try:
-                info = sf.info(path)
-                rec["duration"] = round(info.frames / info.samplerate, 3) if info.samplerate else 0.0
-                if info.frames <= 0:
-                    reason = "empty audio"
-            except Exception as err:  # libsndfile says why: keep its words
-                detail = str(err).splitlines()[0].split("': ")[-1]  # libsndfile's reason, without the path
-                reason = f"unreadable audio ({detail[:60]})"
-        no_text = not isinstance(rec["text"], str) or not rec["text"].strip()
-        if reason is None and no_text and rec["split"] != UNLABELLED:
-            reason = "empty transcript"
-        if reason is None and max_duration_s and rec["duration"] > max_duration_s and rec["split"] != UNLABELLED:
-            reason = f"longer than {max_duration_s:g} s"
-        (kept if reason is None else skipped).append(rec if reason is None else {
-            "audio": path, "row": rec.get("row"), "split": rec["split"], "source": rec["source"], "reason": reason})
-    kept_df = pd.DataFrame(kept, columns=list(rows.columns) if not kept else None)
-    skipped_df = pd.DataFrame(skipped, columns=["audio", "row", "split", "source", "reason"])
-    return kept_df, skipped_df
+__all__ = ["CSV_ENCODINGS", "SKIPPED_COLUMNS", "UNLABELLED", "DataError", "RowLimits", "check_rows", "read_csv",
+           "holdout_split", "text_overlap", "take", "save_manifests", "load_manifest", "row_keys",
+           "audio_to_pseudo_label"]
 
 
 def holdout_split(rows: pd.DataFrame, fractions: dict[str, float], seed: int = 0,
@@ -100,7 +32,8 @@ def holdout_split(rows: pd.DataFrame, fractions: dict[str, float], seed: int = 0
     Without ``group_column`` rows are drawn one by one. With it (``"speaker"``), whole groups move: every row of a
     speaker lands in the same split, so no speaker is on both sides of a comparison; the shares are then met as
     closely as whole groups allow (at least one group each). Rows without a group value count as groups of their
-    own. Raises ``ValueError`` when there are not enough rows or groups to leave some in ``train``.
+    own. Raises :class:`DataError` saying how many rows (groups) there are and how many each split needs when
+    there are not enough to leave some in ``train``.
     """
     for name, share in fractions.items():
         if not 0 < share < 1:
@@ -121,8 +54,9 @@ def holdout_split(rows: pd.DataFrame, fractions: dict[str, float], seed: int = 0
     random.Random(seed).shuffle(order)
     if len(order) <= len(fractions):
         what = f"{group_column!r} groups" if group_column else "rows"
-        raise ValueError(f"only {len(order)} {what} in train: cannot hold out {', '.join(fractions)} and keep some "
-                         "for training; give separate files for them or more data")
+        needs = ", ".join(f"{max(1, round(share * len(eligible)))} for {name}" for name, share in fractions.items())
+        raise DataError(f"only {len(order)} usable {what} in train: cannot hold out {', '.join(fractions)} and keep "
+                        f"some for training (that needs at least {len(fractions) + 1}: {needs} and 1 to train on)")
     position = 0
     for name, share in fractions.items():
         target, taken = round(share * len(eligible)), 0

@@ -15,9 +15,11 @@ import pandas as pd
 
 from . import synth
 from .audio import cut_at_pauses, read_audio
+from .checks import SKIPPED_COLUMNS
+from .csvfile import AUDIO_SUFFIXES
+from .errors import DataError, DataFileNotFound
 from .manifest import UNLABELLED
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 BLOCK_S = 1800.0  # longer files are read and cut 30 minutes at a time (memory stays bounded)
 
 
@@ -84,13 +86,14 @@ def load_synthetic(out_dir: str | Path, num_train: int, num_test: int, seed: int
 def find_audio(folder: str | Path) -> pd.DataFrame:
     """Every audio file (wav, flac, ogg, mp3, any case) under ``folder``, subfolders included, in sorted order, as
     untranscribed manifest rows (``source`` "folder", ``row`` the path relative to ``folder``). Raises
-    ``FileNotFoundError`` for a missing folder and ``ValueError`` when it holds no audio file."""
+    ``DataFileNotFound`` (a ``FileNotFoundError``) for a missing folder and ``DataError`` when it holds no audio
+    file."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"unlabelled_dir {folder} is not a folder")
+        raise DataFileNotFound(f"unlabelled_dir {folder} is not a folder")
     files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise ValueError(f"unlabelled_dir {folder} holds no audio file ({', '.join(AUDIO_SUFFIXES)}), subfolders "
+        raise DataError(f"unlabelled_dir {folder} holds no audio file ({', '.join(AUDIO_SUFFIXES)}), subfolders "
                          "included")
     return pd.DataFrame({"audio": [str(f.resolve()) for f in files], "text": "", "duration": float("nan"),
                          "split": UNLABELLED, "source": "folder",
@@ -114,10 +117,11 @@ def cut_long(rows: pd.DataFrame, window_s: float, progress: bool = True) -> tupl
             found += [(start + a, start + b) for a, b in cut_at_pauses(audio, 16_000, window_s)]
         if not found:
             skipped.append({"audio": rec["audio"], "row": rec.get("row"), "split": rec["split"],
-                            "source": rec["source"], "reason": "silent"})
+                            "source": rec["source"], "reason": "silent", "csv": rec.get("csv") or "",
+                            "detail": f"{rec['audio']}: no stretch of it is louder than the silence threshold"})
         for k, (a, b) in enumerate(found):
             pieces.append({**rec, "offset": round(float(a), 3), "duration": round(float(b - a), 3), "piece": k,
                            "file_duration": rec["duration"]})
     columns = list(rows.columns) + ["offset", "piece", "file_duration"]
     return (pd.DataFrame(pieces, columns=columns),
-            pd.DataFrame(skipped, columns=["audio", "row", "split", "source", "reason"]))
+            pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
