@@ -75,8 +75,7 @@ def _prepare(p, data_dir: Path, found: dict) -> dict:
         splits[UNLABELLED] = pd.concat(unlabelled, ignore_index=True)
     for name in SPLITS:
         if splits[name].empty:
-            raise DataError(f"no usable {name} rows are left ({_origin(name, p)}; skipped: "
-                            f"{_reasons(skipped, name)}). Check the paths and transcripts of your data.")
+            raise DataError(_nothing_left(name, p, skipped))
     report = summarize(splits, skipped, p)
     notes = _small_split_notes(splits, p)
     for note in notes:
@@ -92,9 +91,15 @@ def _joined(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([first, second], ignore_index=True) if len(second) else first
 
 
-def _reasons(skipped: pd.DataFrame, split: str) -> str:
+def _nothing_left(split: str, p, skipped: pd.DataFrame) -> str:
+    """Why ``split`` has no usable rows: its source holds none, or every one was skipped (reasons counted)."""
     counts = skipped.loc[skipped["split"] == split, "reason"].value_counts()
-    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+    if counts.empty:
+        return (f"no usable {split} rows are left: {_origin(split, p)} holds no rows; write one line per recording "
+                "under the header")
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts.items())
+    return (f"no usable {split} rows are left ({_origin(split, p)}; skipped: {reasons}). Check the paths and "
+            "transcripts of your data.")
 
 
 def _write_stopped(data_dir: Path, skipped: pd.DataFrame, p, err: Exception) -> str:
@@ -106,7 +111,9 @@ def _write_stopped(data_dir: Path, skipped: pd.DataFrame, p, err: Exception) -> 
         save_manifests(data_dir, {}, skipped, report)
     except OSError as failed:
         return f"(skipped.csv could not be written to {shown(data_dir)}: {failed})"
-    return f"(every skipped row, with its reason and line: {shown(data_dir / 'skipped.csv')}, {len(skipped)} rows)"
+    if skipped.empty:
+        return f"(nothing was skipped before this: {shown(data_dir / 'skipped.csv')} is empty)"
+    return f"(the {len(skipped)} skipped rows, each with its reason and line: {shown(data_dir / 'skipped.csv')})"
 
 
 def _small_split_notes(splits: dict, p) -> list[str]:
@@ -136,14 +143,13 @@ def hold_out(kept: pd.DataFrame, p, skipped: pd.DataFrame) -> pd.DataFrame:
     if not missing:
         return kept
     if not (kept["split"] == "train").any():
-        raise DataError(f"no usable train rows are left ({_origin('train', p)}; skipped: "
-                        f"{_reasons(skipped, 'train')}). Check the paths and transcripts of your data.")
+        raise DataError(_nothing_left("train", p, skipped))
     try:
         return holdout_split(kept, missing, p.seed, "speaker" if p.speaker_column else None)
     except DataError as err:
         given = " and ".join(f"{s}_csv" if p.source == "csv" else f"hub_{s}_split" for s in missing)
         raise DataError(f"{_origin('train', p)}: {err}. Two ways out: give {given} (rows of their own), or add "
-                        f"usable rows ({int((skipped['split'] == 'train').sum())} were skipped)") from None
+                        f"usable rows ({int((skipped['split'] == 'train').sum())} skipped)") from None
 
 
 def _origin(split: str, p) -> str:

@@ -159,9 +159,15 @@ def _stat_problem(path: str, err: OSError) -> Problem:
         return "no permission to read", f"{path}: this user may not open its folder; make it readable (chmod a+rx)"
     if os.path.islink(path):
         return "broken symbolic link", f"{path} points to {os.readlink(path)}, which does not exist"
-    if "\\" in Path(path).name or _DRIVE.search(path):
-        return "Windows-style path", (f"{path} is written as on Windows (backslashes or a drive letter): write it "
-                                      "with forward slashes, relative to the CSV's folder (audio/x.wav)")
+    drive = _DRIVE.search(path)
+    if drive:
+        return "Windows-style path", (f"{path[drive.start():].lstrip('/')!r} is a path on a Windows drive, which this "
+                                      "machine cannot reach: copy the recording next to the CSV and write its path "
+                                      "relative to the CSV's folder, with forward slashes (audio/x.wav)")
+    if "\\" in Path(path).name:
+        return "Windows-style path", (f"{Path(path).name!r} is written with backslashes, as on Windows, and no such "
+                                      "file exists with forward slashes either: write it with forward slashes, "
+                                      f"relative to the CSV's folder ({Path(path).name.replace(chr(92), '/')})")
     if err.errno in (errno.ENOENT, errno.ENOTDIR):
         return "missing file", f"{path} does not exist{_case_hint(path)}: check the name and that the path is " \
                                "relative to the CSV's folder"
@@ -218,14 +224,15 @@ def samples_problem(path: str, samples: np.ndarray, info, limits: RowLimits) -> 
     peak, rms = float(np.abs(mono).max(initial=0.0)), float(np.sqrt(np.mean(mono.astype(np.float64) ** 2)))
     peak_db, rms_db = (20 * np.log10(max(v, 1e-10)) for v in (peak, rms))
     if peak_db < limits.min_peak_dbfs or rms_db < limits.min_rms_dbfs:
+        found = f"peak {peak_db:.0f} dBFS, RMS {rms_db:.0f} dBFS"
+        advice = "check the recording (was the microphone on?)"
         if peak == 0 and np.abs(samples).max(initial=0.0) == 0:
             found = "every sample is zero"
         elif samples.shape[1] > 1 and 20 * np.log10(max(float(np.abs(samples).max()), 1e-10)) >= limits.min_peak_dbfs:
-            found = "its channels cancel out when averaged to mono (one is the other upside down?): keep one channel"
-        else:
-            found = f"peak {peak_db:.0f} dBFS, RMS {rms_db:.0f} dBFS"
-        return "silent", (f"{path}: {found} (min_peak_dbfs = {limits.min_peak_dbfs:g}, min_rms_dbfs = "
-                          f"{limits.min_rms_dbfs:g}): check the recording")
+            found = "its channels cancel out when averaged to mono (one is the other upside down?)"
+            advice = "keep one channel"
+        return "silent", (f"{path}: {found}, below min_peak_dbfs = {limits.min_peak_dbfs:g} or min_rms_dbfs = "
+                          f"{limits.min_rms_dbfs:g}: {advice}")
     return None
 
 

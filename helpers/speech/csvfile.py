@@ -129,8 +129,9 @@ def _marked_encoding(raw: bytes) -> str | None:
         if raw.startswith(mark):
             return name
     sample = raw[:4096]
-    if len(sample) >= 4 and sample.count(0) >= len(sample) // 3:  # text with a zero in every other byte
-        return "utf-16-le" if sample[1::2].count(0) > sample[0::2].count(0) else "utf-16-be"
+    odd, even = sample[1::2].count(0), sample[0::2].count(0)  # UTF-16 writes every ASCII character with a zero
+    if len(sample) >= 4 and max(odd, even) >= len(sample) // 10:  # byte; UTF-8 and Big5 text holds none
+        return "utf-16-le" if odd > even else "utf-16-be"
     return None
 
 
@@ -186,6 +187,8 @@ def physical_records(lines: list[str], start: int, delimiter: str):
 def _record_problem(fields: list[str], header: list[str], where: dict[str, int], delimiter: str) -> str | None:
     """Why a record's fields do not line up with the header, or why it seems to hold several lines of the file
     (a double quote never closed that a later quote happened to close); None when it looks right."""
+    if any("\x00" in f for f in fields):  # Python before 3.11 refuses the line itself (_CSV_ERRORS)
+        return _CSV_ERRORS["NUL"]
     extra = [f for f in fields[len(header):] if f.strip()]
     if extra:
         return (f"{len(fields)} fields where the header has {len(header)} (a delimiter inside the transcript?): "
@@ -208,8 +211,9 @@ def audio_path(value: str, folder: Path) -> str:
 
     Relative paths are taken from ``folder``; ``~`` is the home folder; a ``file://`` address becomes its path; a
     path written with backslashes on a system that uses slashes is taken with slashes when that file exists (left as
-    written otherwise, for the check to name it). Symbolic links are resolved where they can be (a loop is left for
-    the check to name); other web addresses are kept as written."""
+    written otherwise, for the check to name it). Symbolic links are resolved when they lead to a file; a missing
+    file, a broken link or a link loop keeps the name written, for the check to name it; other web addresses are
+    kept as written."""
     value = value.strip()
     if not value:
         return ""
@@ -223,6 +227,6 @@ def audio_path(value: str, folder: Path) -> str:
             value = value.replace("\\", "/")
     full = folder / Path(value).expanduser()
     try:
-        return str(full.resolve())
-    except (OSError, RuntimeError):  # a symbolic link loop: reported by the row check
+        return str(full.resolve(strict=True))
+    except (OSError, RuntimeError):  # missing, a broken link or a link loop: the row check names which
         return os.path.abspath(full)
