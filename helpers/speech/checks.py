@@ -35,7 +35,7 @@ from . import text
 
 UNLABELLED = "unlabelled"  # the split of audio without transcripts (pseudo-labelled by the teacher only)
 SKIPPED_COLUMNS = ["audio", "row", "split", "source", "reason", "csv", "detail"]
-CONTENT_SCAN_MAX_S = 600.0  # longer files (untranscribed recordings) are not read here: sources.cut_long reads them
+CONTENT_SCAN_MAX_S = 120.0  # longer files (untranscribed recordings) are not read here: sources.cut_long reads them
 Problem = tuple[str, str]  # (reason, detail)
 
 
