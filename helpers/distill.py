@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from . import cli
 from .files import RunDir, shown, write_json
 from .speech.collate import WhisperCollator, pad_labels, to_dataset
+from .speech.errors import DataError
 from .speech.manifest import load_manifest
 from .whisper import models, train
 from .whisper.decode import transcribe_and_score
@@ -236,6 +237,10 @@ def run_phase(p) -> dict | None:
     teacher = models.load_whisper(p.teacher or run.teacher)
     student = models.load_whisper(p.student or run.student_init)
     pseudo_rows = load_manifest(run.pseudo, "train")
+    if len(pseudo_rows) == 0:
+        raise DataError(f"{shown(run.pseudo_manifest('train'))} holds no pseudo-label: notebook 03's filters removed "
+                        "every utterance (its report.json says how many each filter removed); loosen cer_threshold "
+                        "or the confidence filter there, or fine-tune the teacher longer, then run notebook 03 again")
     valid_rows = load_manifest(run.data, "valid")
     trainer, history, mode, reason = distil(p, teacher, student, pseudo_rows, valid_rows, run.student_kd,
                                             run.encoder_cache, live=p.live_plot,

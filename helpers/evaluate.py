@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers import WhisperConfig
 
 from . import cli, export, report, speculative
 from .config import REPO, repo_path
@@ -23,7 +23,7 @@ from .files import STAGES, STUDENTS, RunDir, atomic_write, read_json, shown, wri
 from .speech.manifest import check_rows, read_csv
 from .whisper.decode import default_device
 from .whisper.measure import evaluate_models
-from .whisper.models import window_seconds
+from .whisper.models import load_feature_extractor, window_seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def measure(p) -> Evaluation:
     """The models of ``p`` (``p.models``, else every stage of ``p.run_dir``) on the test sets, side by side, with
     intervals and verdicts (:func:`whisper.measure.evaluate_models`, :func:`report.add_comparisons`)."""
     model_paths = find_models(p.run_dir, p.models)
-    window = window_seconds(WhisperFeatureExtractor.from_pretrained(next(iter(model_paths.values()))))
+    window = window_seconds(load_feature_extractor(next(iter(model_paths.values()))))
     test_sets, skipped = load_test_sets(p.test_sets, p.run_dir, max_duration_s=window)
     print(f"{len(model_paths)} models, {len(test_sets)} test set(s): "
           + ", ".join(f"{name} ({len(rows)} utterances, {rows['duration'].sum() / 60:.1f} min)"

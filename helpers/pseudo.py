@@ -19,6 +19,7 @@ import pandas as pd
 from . import cli
 from .files import RunDir, shown
 from .speech import text
+from .speech.errors import DataError
 from .speech.manifest import audio_to_pseudo_label, load_manifest, save_manifests
 from .whisper import models
 from .whisper.decode import sequence_confidence, transcribe
@@ -239,8 +240,27 @@ def run_phase(p) -> dict:
             splits["valid_confidence"] = calibration
         save_manifests(run.pseudo, splits, skipped=rows[~rows["kept"]][["audio", "status"]], report=summary)
         print(f"pseudo-labels: kept {summary['kept']} of {summary['utterances']} utterances "
-              f"({summary['processes']} process(es)) -> {shown(run.pseudo)}")
+              f"({summary['processes']} process(es)) -> {shown(run.pseudo)}; {summary['looped']} of "
+              f"{summary['outputs']} teacher outputs looped (stopped by the decoding budget or the repetition guard)")
+    if summary["kept"] == 0:
+        raise DataError(nothing_kept(summary))
     return summary
+
+
+FILTER_PARAMETERS = {"filtered: CER above threshold": "cer_threshold (percent; higher keeps more)",
+                     "filtered: low confidence": "min_avg_logprob (lower keeps more), or confidence_filter = False",
+                     "filtered: no speech": "max_no_speech_prob (higher keeps more), or confidence_filter = False"}
+
+
+def nothing_kept(summary: dict) -> str:
+    """Why no pseudo-label is left: how many utterances each filter removed and the parameter that controls it."""
+    removed = [f"{status.removeprefix('filtered: ')}: {n} ({FILTER_PARAMETERS.get(status, 'see report.json')})"
+               for status, n in summary["by_status"].items() if status.startswith("filtered")]
+    teacher_cer = "unknown" if summary["teacher_cer"] is None else f"{summary['teacher_cer']:.1f} %"
+    return (f"notebook 03 kept no pseudo-label of {summary['utterances']} utterances, so notebook 05 has nothing to "
+            f"learn from. Removed by each filter: {'; '.join(removed) or 'none'}. The teacher's CER on the "
+            f"transcribed ones: {teacher_cer}. Fine-tune the teacher longer (notebook 02) or loosen the filter named "
+            "above; every row and its status is in pseudo/all.jsonl and pseudo/report.json.")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import torch
+from transformers import StoppingCriteriaList
 
 from ..figures.timing import take_turns
 from ..speech.audio import log_mel, read_row
 from ..speech.text import score
+from .budget import RepetitionGuard, looped, token_budget
 from .processes import gather_blocks, process_state, shard_bounds
 
 
@@ -61,8 +63,10 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *
     seconds), ``rtfx`` (audio seconds per compute second), ``encoder_s`` and ``decoder_s`` (the encoder
     pass and the generation loop timed apart), ``decoder_steps`` (generation steps the batches ran: a batch
     runs until its longest transcript ends), ``decoder_steps_per_s`` (steps per second of the generation
-    loop alone) and ``ms_per_step`` (wall ms per step, encoder included, which makes models comparable
-    when their transcripts differ in length).
+    loop alone), ``ms_per_step`` (wall ms per step, encoder included, which makes models comparable
+    when their transcripts differ in length), ``outputs`` and ``looped``: how many outputs the decoding budget
+    stopped (each batch gets ``budget.token_budget`` of its longest clip, at most ``max_new_tokens``, by default the
+    model's limit) or the repetition guard cut (:mod:`helpers.whisper.budget`).
 
     ``on_batch(rows, hidden, sequences)``, when given, receives every batch as it is decoded: ``rows`` the batch's
     positions in ``manifest`` (a numpy array), ``hidden`` the encoder outputs (``batch x frames x width``) and
@@ -92,6 +96,31 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *
     return [text for predictions, _ in blocks for text in predictions], merge_speed([s for _, s in blocks])
 
 
+def _generate_batch(model, feats, mask, budget: int, assistant_model) -> tuple:
+    """One batch: the encoder pass and the generation loop, timed apart and capped at ``budget`` new tokens with a
+    repetition guard. Returns ``(encoded or None, sequences, encoder seconds, decoder seconds, looped per row)``."""
+    device = feats.device
+    guard = RepetitionGuard()
+    stop = StoppingCriteriaList([guard])
+    _sync(device)
+    t0 = time.perf_counter()
+    if assistant_model is None:
+        encoded = model.get_encoder()(feats)
+        _sync(device)
+        t1 = time.perf_counter()
+        out = model.generate(encoder_outputs=encoded, attention_mask=mask, max_new_tokens=budget,
+                             stopping_criteria=stop)
+    else:
+        t1, encoded = t0, None
+        out = model.generate(feats, attention_mask=mask, assistant_model=assistant_model, max_new_tokens=budget,
+                             stopping_criteria=stop)
+    _sync(device)
+    t2 = time.perf_counter()
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    return encoded, out, t1 - t0, t2 - t1, looped(out, eos, budget, guard)
+
+
 @torch.no_grad()
 def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new_tokens, progress, desc,
                       assistant_model, on_batch):
@@ -100,12 +129,12 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
     fe = processor.feature_extractor
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    max_new_tokens = max_new_tokens or model.config.max_target_positions - 8
+    limit = max_new_tokens or model.config.max_target_positions - 8
     durations = manifest["duration"].to_numpy()
     order = np.argsort(durations, kind="stable")[::-1]  # longest first: memory peaks early
     records = manifest.to_dict("records")
     predictions: list[str | None] = [None] * len(manifest)
-    steps, encoder_s, decoder_s, done_s = 0, 0.0, 0.0, 0.0
+    steps, loops, encoder_s, decoder_s, done_s = 0, 0, 0.0, 0.0, 0.0
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(manifest), desc=desc, unit="utt", disable=not progress)
@@ -114,28 +143,17 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
             idx = order[start:start + batch_size]
             feats, mask = log_mel(fe, [read_row(records[i], fe.sampling_rate) for i in idx], device, dtype,
                                   with_mask=True)
-            _sync(device)
-            t0 = time.perf_counter()
-            if assistant_model is None:
-                encoded = model.get_encoder()(feats)
-                _sync(device)
-                t1 = time.perf_counter()
-                out = model.generate(encoder_outputs=encoded, attention_mask=mask, max_new_tokens=max_new_tokens)
-            else:
-                t1, encoded = t0, None
-                out = model.generate(feats, attention_mask=mask, assistant_model=assistant_model,
-                                     max_new_tokens=max_new_tokens)
-            _sync(device)
-            t2 = time.perf_counter()
-            encoder_s, decoder_s = encoder_s + (t1 - t0), decoder_s + (t2 - t1)
-            steps += out.shape[1]
+            budget = token_budget(float(durations[idx].max()), limit)
+            encoded, out, enc_s, dec_s, looping = _generate_batch(model, feats, mask, budget, assistant_model)
+            encoder_s, decoder_s, steps, loops = encoder_s + enc_s, decoder_s + dec_s, steps + out.shape[1], \
+                loops + int(looping.sum())
             if on_batch is not None and encoded is not None:
                 on_batch(first_row + idx, encoded.last_hidden_state, out)
             for i, pred in zip(idx, processor.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 predictions[i] = pred.strip()
             bar.update(len(idx))
             done_s += float(durations[idx].sum())
-            bar.set_postfix(audio_s_per_s=f"{done_s / max(encoder_s + decoder_s, 1e-9):.1f}")
+            bar.set_postfix(audio_s_per_s=f"{done_s / max(encoder_s + decoder_s, 1e-9):.1f}", looped=loops)
     bar.close()
     model.train(was_training)
     compute_s = encoder_s + decoder_s
@@ -144,18 +162,19 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
                          "encoder_s": encoder_s if assistant_model is None else float("nan"),
                          "decoder_s": decoder_s, "decoder_steps": steps,
                          "decoder_steps_per_s": steps / max(decoder_s, 1e-9),
-                         "ms_per_step": 1000 * compute_s / max(steps, 1)}
+                         "ms_per_step": 1000 * compute_s / max(steps, 1), "outputs": len(manifest), "looped": loops}
 
 
 def transcribe_and_score(model, processor, rows: pd.DataFrame, batch_size: int = 16, *, fold: str | None = "t2s",
                          desc: str = "scoring", progress: bool = True, **kwargs) -> tuple[dict, list[str]]:
     """Transcribe a split (:func:`transcribe`) and score it against ``rows["text"]``: the one way every phase
     scores a model. Returns ``(metrics, predictions)``; ``metrics`` has ``cer``, ``wer``, ``mer`` and
-    ``exact_match`` (percent, ``text.score`` with ``fold``), ``utterances``, ``audio_s``, ``compute_s`` and ``rtfx``.
+    ``exact_match`` (percent, ``text.score`` with ``fold``), ``utterances``, ``audio_s``, ``compute_s``, ``rtfx``
+    and ``looped`` (outputs stopped by the decoding budget or the repetition guard, :mod:`helpers.whisper.budget`).
     ``kwargs`` go to :func:`transcribe` (``max_new_tokens``, ``shard``...)."""
     predictions, stats = transcribe(model, processor, rows, batch_size, desc=desc, progress=progress, **kwargs)
     metrics = {**score(rows["text"].tolist(), predictions, fold), "utterances": len(rows),
-               **{key: stats[key] for key in ("audio_s", "compute_s", "rtfx")}}
+               **{key: stats[key] for key in ("audio_s", "compute_s", "rtfx", "looped")}}
     return metrics, predictions
 
 

@@ -25,9 +25,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from transformers import StoppingCriteriaList
 
 from ..files import atomic_write, shown
 from ..speech.audio import SAMPLING_RATE, cut_at_pauses, read_recording, read_row
+from .budget import RepetitionGuard, token_budget
 from .decode import quiet_generation, transcribe
 from .models import LoadedWhisper, window_seconds
 from .runtime import WHISPER_TIMESTAMPS, Export, load_export, transcribe_export
@@ -187,7 +189,10 @@ def _timestamp_segments(loaded: LoadedWhisper, audio: np.ndarray, max_new_tokens
     longer = len(audio) > fe.n_samples
     inputs = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt", return_attention_mask=True,
                 **({"truncation": False, "padding": "longest"} if longer else {}))
-    kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    limit = max_new_tokens or model.config.max_target_positions // 2  # Whisper's own cap per window
+    window_s = min(len(audio) / fe.sampling_rate, fe.chunk_length)
+    kwargs = {"max_new_tokens": token_budget(window_s, limit),  # per window, with a guard against loops
+              "stopping_criteria": StoppingCriteriaList([RepetitionGuard()])}
     was_training = model.training
     model.eval()
     try:

@@ -81,6 +81,27 @@ class LoadedWhisper:
         return self.processor.feature_extractor
 
 
+@contextmanager
+def hub_hint(source: str):
+    """Turn the hub's "cannot load" error for ``source`` (a hub id, not a local folder) into one that says what to
+    do on a machine without hub access: download the model once and pass its folder."""
+    try:
+        yield
+    except OSError as err:
+        if Path(source).exists():
+            raise
+        raise OSError(f"cannot load {source!r} from the model hub ({str(err).splitlines()[0][:160]}). Without hub "
+                      f"access, download it once where there is access (huggingface-cli download {source} "
+                      f"--local-dir DIR), copy DIR here and pass the folder: -p base_model DIR (or base_model = DIR "
+                      "in a parameters file); every notebook then uses it.") from err
+
+
+def load_feature_extractor(name_or_path: str | Path):
+    """The ``WhisperFeatureExtractor`` of a model (hub id or folder), with :func:`hub_hint`'s message offline."""
+    with hub_hint(str(name_or_path)), no_transformers_bars():
+        return WhisperFeatureExtractor.from_pretrained(str(name_or_path))
+
+
 def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = "transcribe",
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  load_in_8bit: bool = False) -> LoadedWhisper:
@@ -102,7 +123,8 @@ def load_whisper(name_or_path: str | Path, *, language: str = "zh", task: str = 
                              "distils Whisper-architecture recognisers (Breeze-ASR-25, whisper-*).")
     elif path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"model folder {source} does not exist (check run_dir and the earlier notebooks)")
-    processor = WhisperProcessor.from_pretrained(source)
+    with hub_hint(source):
+        processor = WhisperProcessor.from_pretrained(source)
     extra = {}
     if load_in_8bit:  # LoRA on an 8-bit base: bitsandbytes and a CUDA GPU are needed
         try:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..files import read_json, shown
 from ..speech.audio import read_recording, read_row
+from .budget import repeats_at_end, token_budget
 from .decode import rtfx
 from .models import no_transformers_bars
 
@@ -126,7 +127,9 @@ def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 1
     at the model's rate (16 kHz), or a list of paths/arrays. Returns ``(texts, stats)`` in input order; ``stats``
     as ``decode.transcribe``'s: ``audio_s``, ``compute_s`` (encoder + decoding loop, wall seconds), ``rtfx``,
     ``encoder_s``, ``decoder_s``, ``decoder_steps`` (per batch, the longest transcript's tokens plus its end),
-    ``decoder_steps_per_s``, ``ms_per_step``. Features are transformers' (audio padded to the window before the
+    ``decoder_steps_per_s``, ``ms_per_step``, ``outputs`` and ``looped`` (transcripts that filled the batch's
+    decoding budget, ``budget.token_budget`` of its longest clip, or end in a loop). Features are transformers'
+    (audio padded to the window before the
     log-mel, as in training), not faster-whisper's (log-mel padded afterwards), which the tiny models do not
     tolerate. An unreadable file raises ``ValueError`` naming it."""
     import ctranslate2
@@ -141,22 +144,26 @@ def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 1
     order = np.argsort([len(w) for w in waves], kind="stable")[::-1]
     texts: list[str | None] = [None] * len(waves)
     encoder_s = decoder_s = 0.0
-    steps = 0
+    steps = loops = 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         feats = fe([waves[i] for i in idx], sampling_rate=fe.sampling_rate, return_tensors="np").input_features
         t0 = time.perf_counter()
         encoded = export.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, np.float32)))
         t1 = time.perf_counter()
+        budget = token_budget(max(len(waves[i]) for i in idx) / fe.sampling_rate, new)
         # CTranslate2 generates at most max_length / 2 tokens (and max_length minus the prompt)
-        results = export.model.generate(encoded, [export.prompt] * len(idx), beam_size=1, max_length=2 * new)
+        results = export.model.generate(encoded, [export.prompt] * len(idx), beam_size=1, max_length=2 * budget)
         t2 = time.perf_counter()
         encoder_s, decoder_s = encoder_s + t1 - t0, decoder_s + t2 - t1
         steps += max(len(r.sequences_ids[0]) for r in results) + 1
         for i, r in zip(idx, results):
-            texts[i] = export.tokenizer.decode([t for t in r.sequences_ids[0] if t < export.eot]).strip()
+            ids = [t for t in r.sequences_ids[0] if t < export.eot]
+            loops += len(ids) >= budget or repeats_at_end(ids)
+            texts[i] = export.tokenizer.decode(ids).strip()
     audio_s = float(sum(len(w) for w in waves)) / fe.sampling_rate
     compute_s = encoder_s + decoder_s
     return texts, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": rtfx(audio_s, max(compute_s, 1e-9)),
                    "encoder_s": encoder_s, "decoder_s": decoder_s, "decoder_steps": steps,
-                   "decoder_steps_per_s": steps / max(decoder_s, 1e-9), "ms_per_step": 1000 * compute_s / max(steps, 1)}
+                   "decoder_steps_per_s": steps / max(decoder_s, 1e-9), "ms_per_step": 1000 * compute_s / max(steps, 1),
+                   "outputs": len(waves), "looped": int(loops)}

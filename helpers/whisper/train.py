@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import (
+    EarlyStoppingCallback,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    StoppingCriteriaList,
+    TrainerCallback,
+)
 
 from ..config import dataloader_workers
 from ..figures.memory import memory_now
@@ -18,6 +24,7 @@ from ..figures.plots import training_curves
 from ..files import shown, write_json
 from ..speech import text
 from ..speech.collate import WhisperCollator
+from .budget import RepetitionGuard, repeats_at_end
 from .models import load_whisper, no_transformers_bars, save_whisper
 
 # The linear layers LoRA and AdaLoRA adapt, by their leaf names in a Whisper model.
@@ -71,8 +78,10 @@ def add_adapters(model, peft_config):
 
 
 def cer_metric(tokenizer):
-    """``compute_metrics`` for the Trainer: corpus CER (percent) on normalised text, plus exact-match share."""
+    """``compute_metrics`` for the Trainer: corpus CER (percent) on normalised text, exact-match share, and how many
+    outputs ended in a loop (``budget.repeats_at_end``)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
 
     def compute(eval_pred):
         preds, labels = eval_pred.predictions, eval_pred.label_ids
@@ -81,7 +90,8 @@ def cer_metric(tokenizer):
         hyp = tokenizer.batch_decode(preds, skip_special_tokens=True)
         ref = tokenizer.batch_decode(labels, skip_special_tokens=True)
         exact = np.mean([text.normalize(a) == text.normalize(b) for a, b in zip(ref, hyp)])
-        return {"cer": text.cer(ref, hyp), "exact_match": 100.0 * float(exact)}
+        loops = sum(repeats_at_end([t for t in row if t < eos]) for row in preds.tolist())
+        return {"cer": text.cer(ref, hyp), "exact_match": 100.0 * float(exact), "looped": loops}
 
     return compute
 
@@ -105,12 +115,22 @@ def training_arguments(p, out_dir: Path, keep_best: bool = True) -> Seq2SeqTrain
 
 
 class WhisperTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer for Whisper models whose output projection is tied to the token embedding.
+    """Seq2SeqTrainer for Whisper: validation decoding with a repetition guard (:meth:`prediction_step`), and
+    models whose output projection is tied to the token embedding restored without a false alarm.
 
     A tied ``proj_out.weight`` is not written to checkpoints (it is the embedding), so restoring the best checkpoint
     reports it as a missing key although nothing is missing. That report is left out for tied weights only; a key
     that is really missing is still reported.
     """
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """Validation decoding as the Trainer does it (``generation_max_length``), with a repetition guard: an
+        untrained model's loops stop early instead of running every clip to the length limit."""
+        if not gen_kwargs and hasattr(self, "_gen_kwargs"):
+            gen_kwargs = self._gen_kwargs.copy()
+        if self.args.predict_with_generate and not prediction_loss_only:
+            gen_kwargs.setdefault("stopping_criteria", StoppingCriteriaList([RepetitionGuard()]))
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         model = self.accelerator.unwrap_model(self.model)
