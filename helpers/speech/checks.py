@@ -5,11 +5,11 @@
 1. the line of the CSV could be read (:mod:`helpers.speech.csvfile` marks those it could not);
 2. the path: named, not a web address, not a Windows path this machine cannot follow, not a folder, a symbolic
    link loop or a broken link, and readable by this user;
-3. the header: audio libsndfile can read, with samples, not longer than ``max_duration_s`` (transcribed rows)
-   and not shorter than ``min_duration_s``;
+3. the header: audio libsndfile can read, with samples;
 4. the transcript (transcribed rows): not empty, and not empty once the scoring normaliser has taken out
    punctuation, symbols and invisible characters;
-5. the samples (every file up to :data:`CONTENT_SCAN_MAX_S`): all finite, as many as the header promises, not
+5. the length: not longer than ``max_duration_s`` (transcribed rows) and not shorter than ``min_duration_s``;
+6. the samples (every file up to :data:`CONTENT_SCAN_MAX_S`): all finite, as many as the header promises, not
    silent once averaged to mono (peak and RMS level), and a transcript not implausibly long for them
    (``max_chars_per_s``: a CJK character or a Latin word a second).
 
@@ -101,9 +101,8 @@ def check_row(rec: dict, limits: RowLimits) -> tuple[Problem | None, str | None]
                 "save it as WAV or FLAC"), None
     rec["duration"] = round(info.frames / info.samplerate, 3) if info.samplerate else 0.0
     transcribed = rec["split"] != UNLABELLED
-    problem = header_problem(path, info, rec["duration"], limits, transcribed)
-    if problem is None and transcribed:
-        problem = text_problem(rec["text"])
+    problem = (empty_problem(path, info) or (text_problem(rec["text"]) if transcribed else None)
+               or length_problem(rec["duration"], limits, transcribed))
     if problem:
         return problem, None
     if rec["duration"] > CONTENT_SCAN_MAX_S:
@@ -184,10 +183,15 @@ def _case_hint(path: str) -> str:
     return f" (but {twins[0]} exists: letter case counts here)" if twins else ""
 
 
-def header_problem(path: str, info, duration: float, limits: RowLimits, transcribed: bool) -> Problem | None:
-    """Problems the header shows: no samples, longer than the model's window (transcribed rows), too short."""
+def empty_problem(path: str, info) -> Problem | None:
+    """A file whose header (``soundfile.info``) counts no samples."""
     if info.frames <= 0:
         return "empty audio", f"{path} holds no samples: record or export it again"
+    return None
+
+
+def length_problem(duration: float, limits: RowLimits, transcribed: bool) -> Problem | None:
+    """A clip longer than the model's window (transcribed rows only) or too short to hold a word (seconds)."""
     if transcribed and limits.max_duration_s and duration > limits.max_duration_s:
         return (f"longer than {limits.max_duration_s:g} s", f"{duration:g} s; the model's window is max_duration_s = "
                 f"{limits.max_duration_s:g} s: cut the clip, or give it as untranscribed audio (unlabelled_csv)")
