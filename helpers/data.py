@@ -17,7 +17,7 @@ import soundfile as sf
 from . import cli, config
 from .files import RunDir, shown
 from .speech import text
-from .speech.audio import read_audio
+from .speech.audio import SAMPLING_RATE, read_audio
 from .speech.checks import SKIPPED_COLUMNS, RowLimits
 from .speech.errors import DataError
 from .speech.leaks import drop_repeats
@@ -103,14 +103,20 @@ def _nothing_left(split: str, p, skipped: pd.DataFrame) -> str:
 
 
 def _write_stopped(data_dir: Path, skipped: pd.DataFrame, p, err: Exception) -> str:
-    """Write ``skipped.csv`` and a report saying why the run stopped (manifests of an earlier run are left as
-    they are); returns the sentence that points at ``skipped.csv``."""
+    """Write ``skipped.csv`` and a report saying why the run stopped, remove the manifests of an earlier run (later
+    notebooks must not train on data this run refused), show the skipped rows by reason, and return the sentence
+    that points at ``skipped.csv``."""
     report = {"source": p.source, "seed": p.seed, "stopped": f"{type(err).__name__}: {err}",
               "skipped": {"total": int(len(skipped)), "by_reason": skipped["reason"].value_counts().to_dict()}}
     try:
+        for stale in data_dir.glob("*.jsonl"):
+            stale.unlink()
         save_manifests(data_dir, {}, skipped, report)
     except OSError as failed:
         return f"(skipped.csv could not be written to {shown(data_dir)}: {failed})"
+    if not skipped.empty:
+        print(f"the run stopped; {len(skipped)} rows were skipped before it did:")
+        print(skipped["reason"].value_counts().rename_axis("reason").rename("rows").to_string())
     if skipped.empty:
         return f"(nothing was skipped before this: {shown(data_dir / 'skipped.csv')} is empty)"
     return f"(the {len(skipped)} skipped rows, each with its reason and line: {shown(data_dir / 'skipped.csv')})"
@@ -245,12 +251,12 @@ def write_messy_csv(folder: str | Path, good_clips: pd.DataFrame, encoding: str 
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, rec in enumerate(good_clips.to_dict("records")):
-        sf.write(folder / "audio" / f"good{i}.wav", read_audio(rec["audio"]), 16_000)
+        sf.write(folder / "audio" / f"good{i}.wav", read_audio(rec["audio"]), SAMPLING_RATE)
         lines.append((f"audio/good{i}.wav", rec["text"]))
-    sf.write(folder / "audio" / "empty.wav", np.zeros(0, np.float32), 16_000)
+    sf.write(folder / "audio" / "empty.wav", np.zeros(0, np.float32), SAMPLING_RATE)
     (folder / "audio" / "not_audio.wav").write_text("this is not a wav file", "utf-8")
     long_clip = np.concatenate([read_audio(a) for a in good_clips["audio"]] * 3)
-    sf.write(folder / "audio" / "long.wav", long_clip, 16_000)
+    sf.write(folder / "audio" / "long.wav", long_clip, SAMPLING_RATE)
     lines += [("audio/missing.wav", "這個檔案不存在"), ("audio/good0.wav", ""), ("audio/empty.wav", "沒有聲音"),
               ("audio/not_audio.wav", "不是音檔"), ("audio/long.wav", "太長的錄音")]
     csv = folder / "messy.csv"

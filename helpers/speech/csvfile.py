@@ -30,11 +30,11 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from .audio import AUDIO_SUFFIXES
 from .errors import DataError, DataFileNotFound
 
 CSV_ENCODINGS = ("utf-8-sig", "cp950", "big5hkscs")  # tried in order without a byte-order mark; utf-8-sig reads UTF-8
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}  # detected, in this order
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 _LINE_END = re.compile(r"(?<=\r\n)|(?<=\r)(?!\n)|(?<=\n)")  # where the csv module ends a physical line
 _QUOTING = "put the transcript between double quotes, with any double quote inside it doubled (\"\")"
 _CSV_ERRORS = {  # the csv module's words -> what they mean and what to do, for the person who wrote the file

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from . import synth
-from .audio import cut_at_pauses, read_audio
+from .audio import AUDIO_SUFFIXES, SAMPLING_RATE, cut_at_pauses, read_audio
 from .checks import SKIPPED_COLUMNS
-from .csvfile import AUDIO_SUFFIXES
 from .errors import DataError, DataFileNotFound
 from .manifest import UNLABELLED
 
@@ -113,8 +112,8 @@ def cut_long(rows: pd.DataFrame, window_s: float, progress: bool = True) -> tupl
         found = []
         for start in np.arange(0.0, rec["duration"], BLOCK_S):
             length = min(BLOCK_S, rec["duration"] - start)
-            audio = read_audio(rec["audio"], 16_000, offset=float(start), duration=float(length))
-            found += [(start + a, start + b) for a, b in cut_at_pauses(audio, 16_000, window_s)]
+            audio = read_audio(rec["audio"], SAMPLING_RATE, offset=float(start), duration=float(length))
+            found += [(start + a, start + b) for a, b in cut_at_pauses(audio, SAMPLING_RATE, window_s)]
         if not found:
             skipped.append({"audio": rec["audio"], "row": rec.get("row"), "split": rec["split"],
                             "source": rec["source"], "reason": "silent", "csv": rec.get("csv") or "",
