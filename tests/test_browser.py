@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,10 +140,11 @@ def _stop(process: subprocess.Popen) -> None:
             pass
 
 
-@pytest.fixture
-def jupyterlab(tmp_path, lab_root):
-    """``(url, log file)`` of a JupyterLab serving ``lab_root`` on a free loopback port, without token or browser,
-    its kernel ``python3`` running this Python; stopped at teardown, whatever happened."""
+@contextmanager
+def serve_lab(tmp_path: Path, root: Path):
+    """``(url, log file)`` of a JupyterLab serving ``root`` on a free loopback port, without token or browser, with a
+    throw-away configuration under ``tmp_path``, its kernel ``python3`` running this Python; stopped on exit,
+    whatever happened."""
     from helpers.course import current_kernel
     from helpers.whisper.processes import free_port
 
@@ -160,32 +162,43 @@ def jupyterlab(tmp_path, lab_root):
     log = tmp_path / "jupyterlab.log"
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
-               "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={lab_root}",
+               "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={root}",
                "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # a CI container runs as root
         command.append("--ServerApp.allow_root=True")
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=lab_root, env=env, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        started = time.monotonic()
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"jupyter lab exited with {process.returncode}:\n{_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - started > 120:
-                pytest.fail(f"jupyter lab did not answer on {url} within 120 s:\n{_tail(log)}")
-            time.sleep(0.5)
+        _wait_for_lab(process, url, log)
         yield url, log
     finally:
         _stop(process)
+
+
+def _wait_for_lab(process: subprocess.Popen, url: str, log: Path, limit_s: float = 120) -> None:
+    started = time.monotonic()
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/status", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() - started > limit_s:
+            pytest.fail(f"jupyter lab did not answer on {url} within {limit_s:g} s:\n{_tail(log)}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def jupyterlab(tmp_path, lab_root):
+    """:func:`serve_lab` on the prepared notebook 07."""
+    with serve_lab(tmp_path, lab_root) as served:
+        yield served
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -401,3 +414,32 @@ def test_slow_browser_notebook_07_in_jupyterlab_transcribes_an_upload_with_every
     assert {s["model"]: s["transcript"].strip() for s in shown} == {m: t.strip() for m, t in expected.items()}
     assert any(re.search(r"[\u4e00-\u9fff]", s["transcript"]) for s in shown), "no Chinese transcript"  # for the eyes
     print(f"notebook 07 ran in {notebook_s:.0f} s in JupyterLab; screenshot {tmp_path / 'jupyterlab.png'}")
+
+
+def test_browser_jupyterlab_speaks_traditional_chinese_when_chosen(tmp_path):
+    """Workshops in Taiwan: Settings -> Language -> Chinese (Traditional, Taiwan) turns JupyterLab into Traditional
+    Chinese (the jupyterlab-language-pack-zh-tw package the workbook installs): the launcher, the file browser and
+    the menus' commands. The pack (4.5.post3) has no text for the top-level menu titles of JupyterLab 4.6 (File,
+    Edit...), which stay in English; what it translates is checked here."""
+    root = tmp_path / "lab"
+    root.mkdir()
+    with serve_lab(tmp_path, root) as (url, log), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/lab", timeout=120_000)
+            titles = page.locator(".lm-MenuBar-itemLabel")
+            titles.filter(has_text="Settings").click(timeout=120_000)
+            page.locator(".lm-Menu-itemLabel", has_text="Language").first.hover()
+            page.locator(".lm-Menu-itemLabel", has_text="(Traditional, Taiwan)").click(timeout=20_000)
+            page.locator(".jp-Dialog button", has_text="Change and reload").click(timeout=20_000)
+            page.locator(".lm-TabBar-tabLabel", has_text="啟動").wait_for(timeout=120_000)  # the Launcher tab
+            titles.first.click(timeout=20_000)  # the File menu
+            commands = page.locator(".lm-Menu-itemLabel").all_inner_texts()
+            page.screenshot(path=tmp_path / "jupyterlab-zh-tw.png")
+        except PlaywrightError as err:
+            page.screenshot(path=tmp_path / "jupyterlab-zh-tw-failure.png")
+            pytest.fail(f"the interface language could not be switched: {err}\njupyter lab's log:\n{_tail(log, 20)}")
+        finally:
+            browser.close()
+    assert {"全部儲存", "關閉所有分頁"} <= set(commands), commands  # Save All, Close All Tabs
