@@ -48,10 +48,21 @@ def test_full_profile_fine_tunes_all_of_breeze_in_bf16():
 
 
 def test_defaults_hold_only_the_notebooks_own_parameters_and_the_common_ones():
-    # a profile value for another notebook's parameter (base_model) does not leak into 01_data
+    # a profile value for another notebook's parameter (cer_threshold) does not leak into 01_data
     d = config.defaults("01_data", "full")
-    assert "base_model" not in d
+    assert "cer_threshold" not in d
     assert set(d) == set(config.COMMON) | set(config.NOTEBOOK_PARAMS["01_data"])
+
+
+def test_one_teacher_everywhere_the_teachers_features_are_needed():
+    # notebook 01's clip browser shows the features of the teacher notebook 02 trains: the same name, the same chain
+    for profile in config.PROFILES:
+        assert config.defaults("01_data", profile)["base_model"] == config.defaults("02_breeze_finetune",
+                                                                                    profile)["base_model"]
+    given = cli.parse_params([], [["base_model", "/models/breeze"]], "gpu-8gb")
+    assert {nb: config.resolve(nb, config.own_params(nb, given)).base_model
+            for nb in ("01_data", "02_breeze_finetune")} == {"01_data": "/models/breeze",
+                                                             "02_breeze_finetune": "/models/breeze"}
 
 
 def test_every_profile_names_only_known_parameters():
