@@ -60,7 +60,8 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                        lora_alpha=32, lora_dropout=0.05, max_steps=150, learning_rate=2.5e-4, warmup_steps=20,
                        per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=50, save_steps=50,
                        per_device_eval_batch_size=32, generation_max_length=96, fp16=False, bf16=False, resume=False,
-                       num_processes=1),
+                       num_processes=1, short_window=True, window_steps=300, window_learning_rate=1e-4,
+                       window_margin_s=0.5, window_floor_s=1.0, window_round_s=0.5, window_train_margin_s=1.5),
     "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=3, speculative=True,
                     speculative_limit=50, fold="t2s", num_worst=5, export_quantization="int8"),
 }
@@ -90,7 +91,8 @@ PROFILES: dict[str, dict] = {
 
 # The heavy phases that run as commands (python -m helpers.<phase>): phase -> notebook whose parameters it reads.
 PHASES = {"data": "01_data", "finetune": "02_breeze_finetune", "pseudo": "03_pseudo_label",
-          "student": "04_student_init", "distill": "05_distill", "adalora": "06_adalora", "evaluate": "07_eval"}
+          "student": "04_student_init", "distill": "05_distill", "adalora": "06_adalora",
+          "audio_context": "06_adalora", "evaluate": "07_eval"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +184,9 @@ SPECS: dict[str, Spec] = {
     # 06
     "adapt": Spec("choice", choices=("decoder", "encoder", "all")), "init_r": POSITIVE, "target_r": POSITIVE,
     "tinit": COUNT, "tfinal": COUNT, "deltaT": POSITIVE, "lora_alpha": _num(0, open_low=True),
-    "lora_dropout": _num(0, 0.9),
+    "lora_dropout": _num(0, 0.9), "short_window": BOOL, "window_steps": POSITIVE,
+    "window_learning_rate": _num(0, open_low=True), "window_margin_s": _num(0), "window_floor_s": _num(0),
+    "window_round_s": _num(0, open_low=True), "window_train_margin_s": _num(0),
     # 07
     "models": Spec("dict", optional=True), "test_sets": Spec("dict", optional=True), "speed_rounds": POSITIVE,
     "speculative": Spec("bool_or_str"), "speculative_limit": POSITIVE,

@@ -19,7 +19,7 @@ from transformers import WhisperConfig
 
 from . import cli, export, report, speculative
 from .config import REPO, repo_path
-from .files import STAGES, STUDENTS, RunDir, atomic_write, read_json, shown, write_json
+from .files import STAGES, STUDENTS, RunDir, atomic_write, best_student, read_json, shown, write_json
 from .speech.manifest import check_rows, read_csv
 from .whisper.decode import default_device
 from .whisper.measure import evaluate_models
@@ -186,7 +186,8 @@ def run_phase(p) -> Evaluation:
     done.speculative, done.speculative_speed = speculative.run_check(
         done.model_paths, done.results, done.test_sets, p.speculative, p.speculative_limit, fold=p.fold)
     print(speculative.describe(done.speculative))
-    done.best_student = report.best_student(p.run_dir, [m for m in STUDENTS if m in done.evaluated])
+    full = [m for m in STUDENTS if m in done.evaluated and m != "short-window student"]  # shipped beside it
+    done.best_student = best_student(p.run_dir, full)
     if p.export_quantization != "off" and done.best_student is not None:
         quantizations = list(dict.fromkeys([p.export_quantization, "float32"]))
         first_set = next(iter(done.test_sets))

@@ -58,10 +58,11 @@ class Stage(NamedTuple):
 STAGES = (Stage("base teacher", None, "teacher", "02"), Stage("fine-tuned teacher", "teacher", "teacher", "02"),
           Stage("student before KD", "student_init", "student", "04"),
           Stage("distilled student", "student_kd", "student", "05"),
-          Stage("AdaLoRA student", "student_adalora", "student", "06"))
+          Stage("AdaLoRA student", "student_adalora", "student", "06"),
+          Stage("short-window student", "student_short", "student", "06"))
 STAGE_OF = {stage.name: stage for stage in STAGES}
 TEACHERS = ("fine-tuned teacher", "base teacher")  # the teacher students are compared with, in order of preference
-STUDENTS = ("distilled student", "AdaLoRA student", "student before KD")  # the student to try first, in order
+STUDENTS = ("distilled student", "AdaLoRA student", "short-window student", "student before KD")  # in order
 
 
 class RunDir:
@@ -77,6 +78,7 @@ class RunDir:
     ``student_init``          the student before distillation, ``layer_map.json``    04
     ``student_kd``            the distilled student                                  05
     ``student_adalora``       the AdaLoRA student (merged), ``adapter/``             06
+    ``student_short``         the student tuned to short windows, ``window_rule.json`` 06
     ``eval``                  ``results.json``, ``results.csv``, ``predictions.csv``  07
     ``export``                CTranslate2 exports                                    07
     ``notebooks``             executed notebooks of ``python -m helpers.course``     course
@@ -84,9 +86,10 @@ class RunDir:
     """
 
     MODEL_FOLDERS = tuple(stage.folder for stage in STAGES if stage.folder)  # folders that hold a model
+    # what each phase writes its results to: a file, or the metrics of a stage's folder
     PHASE_RESULTS = {"data": "data_report", "finetune": "teacher", "pseudo": "pseudo_report",
                      "student": "student_init", "distill": "student_kd", "adalora": "student_adalora",
-                     "evaluate": "results"}  # what each phase writes its results to (a file, or a stage's metrics)
+                     "audio_context": "student_short", "evaluate": "results"}
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -104,6 +107,7 @@ class RunDir:
     student_init = property(lambda self: self.root / "student_init")
     student_kd = property(lambda self: self.root / "student_kd")
     student_adalora = property(lambda self: self.root / "student_adalora")
+    student_short = property(lambda self: self.root / "student_short")
     eval = property(lambda self: self.root / "eval")
     export = property(lambda self: self.root / "export")
     notebooks = property(lambda self: self.root / "notebooks")
@@ -156,3 +160,27 @@ class RunDir:
     def results(self) -> Path:
         """Notebook 07's ``results.json``."""
         return self.eval / "results.json"
+
+
+def validation_cer(run_dir: str | Path) -> dict[str, float]:
+    """The validation CER (percent) each trained student reached, from the metrics notebooks 05 and 06 wrote:
+    ``{"distilled student": ..., "AdaLoRA student": ..., "short-window student": ...}`` for the stages that exist
+    (the short-window student at its short window)."""
+    run, found = RunDir(run_dir), {}
+    if (m := read_json(run.metrics("student_kd"))) and "valid" in m.get("student after KD", {}):
+        found["distilled student"] = m["student after KD"]["valid"]["cer"]
+    if (m := read_json(run.metrics("student_adalora"))) and "valid_cer_merged" in m:
+        found["AdaLoRA student"] = m["valid_cer_merged"]
+    if (m := read_json(run.metrics("student_short"))) and "short window, tuned" in m.get("valid", {}):
+        found["short-window student"] = m["valid"]["short window, tuned"]["cer"]
+    return found
+
+
+def best_student(run_dir: str | Path, available=STUDENTS) -> str | None:
+    """The student to show and ship, chosen on the validation set (never on test): of the trained students in
+    ``available``, the one with the lowest validation CER in the metrics of notebooks 05 and 06; the distilled
+    student when no validation figure exists; the student before KD when no trained one is available."""
+    valid = {m: cer for m, cer in validation_cer(run_dir).items() if m in available}
+    if valid:
+        return min(valid, key=valid.get)
+    return next((m for m in STUDENTS if m in available), None)

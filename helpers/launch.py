@@ -20,13 +20,13 @@ from types import SimpleNamespace
 
 import torch
 
-from . import adalora, data, distill, evaluate, finetune, pseudo, student
+from . import adalora, audio_context, data, distill, evaluate, finetune, pseudo, student
 from .config import PHASES
 from .files import RunDir, read_json
 from .whisper.processes import free_port
 
 RUN_PHASE = {module.__name__.rsplit(".", 1)[1]: module.run_phase
-             for module in (data, finetune, pseudo, student, distill, adalora, evaluate)}
+             for module in (data, finetune, pseudo, student, distill, adalora, audio_context, evaluate)}
 assert set(RUN_PHASE) == set(PHASES), "every phase of config.PHASES has a module with run_phase"
 
 

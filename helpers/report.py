@@ -7,12 +7,10 @@ teacher as the ratio of median timing rounds with the range the rounds allow.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from .figures import stats
-from .files import STUDENTS, TEACHERS, RunDir, read_json
+from .files import TEACHERS
 
 
 def add_comparisons(results: pd.DataFrame, predictions: pd.DataFrame, reference: str | None = None,
@@ -87,27 +85,6 @@ def worst_utterances(predictions: pd.DataFrame, model: str, n: int = 5, test_set
         raise ValueError(f"no predictions for model {model!r}; models: {sorted(predictions['model'].unique())}")
     return rows.assign(_len=rows["reference"].str.len()).sort_values(["cer", "_len"], ascending=False).drop(
         columns="_len").head(n)
-
-
-def validation_cer(run_dir: str | Path) -> dict[str, float]:
-    """The validation CER (percent) each trained student reached, from the metrics notebooks 05 and 06 wrote:
-    ``{"distilled student": ..., "AdaLoRA student": ...}`` for the stages that exist."""
-    run, found = RunDir(run_dir), {}
-    if (m := read_json(run.metrics("student_kd"))) and "valid" in m.get("student after KD", {}):
-        found["distilled student"] = m["student after KD"]["valid"]["cer"]
-    if (m := read_json(run.metrics("student_adalora"))) and "valid_cer_merged" in m:
-        found["AdaLoRA student"] = m["valid_cer_merged"]
-    return found
-
-
-def best_student(run_dir: str | Path, available=STUDENTS) -> str | None:
-    """The student to show and ship, chosen on the validation set (never on test): of the trained students in
-    ``available``, the one with the lowest validation CER in the metrics of notebooks 05 and 06; the distilled
-    student when no validation figure exists; the student before KD when no trained one is available."""
-    valid = {m: cer for m, cer in validation_cer(run_dir).items() if m in available}
-    if valid:
-        return min(valid, key=valid.get)
-    return next((m for m in STUDENTS if m in available), None)
 
 
 def reference_teacher(results: pd.DataFrame, test_set: str) -> str | None:

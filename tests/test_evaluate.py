@@ -296,10 +296,10 @@ def test_the_student_to_ship_is_chosen_on_validation_never_on_test(tmp_path):
     # the AdaLoRA student is better on test but worse on validation: validation decides
     files.write_json(run.metrics("student_kd"), {"student after KD": {"valid": {"cer": 30.0}, "test": {"cer": 45.0}}})
     files.write_json(run.metrics("student_adalora"), {"valid_cer_merged": 31.0, "test_cer_merged": 40.0})
-    assert report.best_student(tmp_path) == "distilled student"
-    assert report.best_student(tmp_path, available=("AdaLoRA student", "student before KD")) == "AdaLoRA student"
+    assert files.best_student(tmp_path) == "distilled student"
+    assert files.best_student(tmp_path, available=("AdaLoRA student", "student before KD")) == "AdaLoRA student"
 
 
 def test_without_validation_figures_the_distilled_student_is_shown(tmp_path):
-    assert report.best_student(tmp_path) == "distilled student"
-    assert report.best_student(tmp_path, available=("student before KD",)) == "student before KD"
+    assert files.best_student(tmp_path) == "distilled student"
+    assert files.best_student(tmp_path, available=("student before KD",)) == "student before KD"

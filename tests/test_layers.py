@@ -25,7 +25,7 @@ HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 FOLDER_LAYERS = {"speech": 1, "figures": 2, "whisper": 3}  # a module in a folder takes the folder's layer
 TOP_LAYERS = {
     0: {"config", "cli", "files"},                                                # run-wide base
-    4: {"data", "finetune", "pseudo", "student", "distill", "adalora", "short_window"},  # phases 01-06
+    4: {"data", "finetune", "pseudo", "student", "distill", "adalora", "audio_context"},  # phases 01-06
     5: {"report", "speculative", "export", "widgets"},                             # what 07 and explorers use
     6: {"evaluate", "launch", "course", "lab"},                                    # phase 07, entry points
 }

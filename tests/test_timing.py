@@ -59,7 +59,7 @@ def test_nothing_to_time_or_no_round_is_refused():
 # ---------------------------------------------------------------------------------------------
 def test_the_stage_table_names_every_model_folder_once(tmp_path):
     run = RunDir(tmp_path)
-    assert RunDir.MODEL_FOLDERS == ("teacher", "student_init", "student_kd", "student_adalora")
+    assert RunDir.MODEL_FOLDERS == ("teacher", "student_init", "student_kd", "student_adalora", "student_short")
     assert run.stage("distilled student") == tmp_path / "student_kd"
     assert set(TEACHERS) | set(STUDENTS) == {s.name for s in STAGES}
     with pytest.raises(ValueError, match="not a stage with a folder"):

@@ -8,7 +8,6 @@ every process gets all transcripts back in manifest order.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,9 @@ from ..figures.timing import take_turns
 from ..speech.audio import log_mel, read_row
 from ..speech.text import score
 from .budget import RepetitionGuard, looped, token_budget
+from .models import quiet_generation
 from .processes import gather_blocks, process_state, shard_bounds
+from .short_window import encode_short
 
 
 def default_device() -> tuple[torch.device, torch.dtype]:
@@ -34,19 +35,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextmanager
-def quiet_generation():
-    """Silence transformers' per-call notes (assisted generation repeats one for every drafted chunk)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def rtfx(audio_seconds: float, compute_seconds: float) -> float:
     """Inverse real-time factor: seconds of audio transcribed per second of compute (higher is faster)."""
     if compute_seconds <= 0:
@@ -56,7 +44,7 @@ def rtfx(audio_seconds: float, compute_seconds: float) -> float:
 
 def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *, max_new_tokens: int | None = None,
                progress: bool = True, desc: str = "transcribing", assistant_model=None, on_batch=None,
-               shard: bool = True) -> tuple[list[str], dict]:
+               shard: bool = True, window=None) -> tuple[list[str], dict]:
     """Greedy transcripts of every row of ``manifest`` (in manifest order), batched by similar length.
 
     Returns ``(predictions, stats)``. ``stats`` hold ``audio_s`` (seconds of audio), ``compute_s`` (wall
@@ -77,6 +65,10 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *
     must be 1); the assistant's drafts are verified, so the transcripts are the model's own. The
     encoder then runs inside ``generate`` and ``encoder_s`` is not separated (NaN).
 
+    ``window``: a ``short_window.WindowRule``: each batch's encoder runs over a window just longer than its longest
+    clip (``short_window.encode_short``; ``encoded`` then has fewer frames) instead of the model's full window.
+    Only for clips; long recordings keep full windows.
+
     Under a launcher (``shard``, several processes) each process transcribes one contiguous block
     (:func:`processes.shard_bounds`) and all get every transcript back; ``compute_s`` is then the slowest
     block's wall time.
@@ -88,24 +80,26 @@ def transcribe(model, processor, manifest: pd.DataFrame, batch_size: int = 16, *
     state = process_state()
     if not shard or state.num_processes == 1:
         return _transcribe_block(model, processor, manifest, 0, batch_size, max_new_tokens, progress, desc,
-                                 assistant_model, on_batch)
+                                 assistant_model, on_batch, window)
     start, stop = shard_bounds(len(manifest), state.process_index, state.num_processes)
     block = _transcribe_block(model, processor, manifest.iloc[start:stop], start, batch_size, max_new_tokens,
-                              progress and state.is_main_process, desc, assistant_model, on_batch)
+                              progress and state.is_main_process, desc, assistant_model, on_batch, window)
     blocks = gather_blocks(block)  # one (predictions, stats) per process, in rank order
     return [text for predictions, _ in blocks for text in predictions], merge_speed([s for _, s in blocks])
 
 
-def _generate_batch(model, feats, mask, budget: int, assistant_model) -> tuple:
-    """One batch: the encoder pass and the generation loop, timed apart and capped at ``budget`` new tokens with a
-    repetition guard. Returns ``(encoded or None, sequences, encoder seconds, decoder seconds, looped per row)``."""
+def _generate_batch(model, feats, mask, budget: int, assistant_model, frames: int | None = None) -> tuple:
+    """One batch: the encoder pass (over the first ``frames`` frames when given: a short window) and the generation
+    loop, timed apart and capped at ``budget`` new tokens with a repetition guard. Returns ``(encoded or None,
+    sequences, encoder seconds, decoder seconds, looped per row)``."""
     device = feats.device
     guard = RepetitionGuard()
     stop = StoppingCriteriaList([guard])
     _sync(device)
     t0 = time.perf_counter()
     if assistant_model is None:
-        encoded = model.get_encoder()(feats)
+        encoded = model.get_encoder()(feats) if frames is None else encode_short(model, feats, frames)
+        mask = mask if frames is None else mask[:, :frames]
         _sync(device)
         t1 = time.perf_counter()
         out = model.generate(encoder_outputs=encoded, attention_mask=mask, max_new_tokens=budget,
@@ -123,7 +117,7 @@ def _generate_batch(model, feats, mask, budget: int, assistant_model) -> tuple:
 
 @torch.no_grad()
 def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new_tokens, progress, desc,
-                      assistant_model, on_batch):
+                      assistant_model, on_batch, window=None):
     from tqdm.auto import tqdm
 
     fe = processor.feature_extractor
@@ -144,7 +138,8 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
             feats, mask = log_mel(fe, [read_row(records[i], fe.sampling_rate) for i in idx], device, dtype,
                                   with_mask=True)
             budget = token_budget(float(durations[idx].max()), limit)
-            encoded, out, enc_s, dec_s, looping = _generate_batch(model, feats, mask, budget, assistant_model)
+            frames = None if window is None else window.frames_for(float(durations[idx].max()), feats.shape[-1])
+            encoded, out, enc_s, dec_s, looping = _generate_batch(model, feats, mask, budget, assistant_model, frames)
             encoder_s, decoder_s, steps, loops = encoder_s + enc_s, decoder_s + dec_s, steps + out.shape[1], \
                 loops + int(looping.sum())
             if on_batch is not None and encoded is not None:

@@ -30,8 +30,8 @@ from transformers import StoppingCriteriaList
 from ..files import atomic_write, shown
 from ..speech.audio import SAMPLING_RATE, cut_at_pauses, read_recording, read_row
 from .budget import RepetitionGuard, token_budget
-from .decode import quiet_generation, transcribe
-from .models import LoadedWhisper, window_seconds
+from .decode import transcribe
+from .models import LoadedWhisper, quiet_generation, window_seconds
 from .runtime import WHISPER_TIMESTAMPS, Export, load_export, transcribe_export
 
 

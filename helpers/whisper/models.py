@@ -82,6 +82,19 @@ class LoadedWhisper:
 
 
 @contextmanager
+def quiet_generation():
+    """Silence transformers' per-call notes (assisted generation repeats one for every drafted chunk)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+@contextmanager
 def hub_hint(source: str):
     """Turn the hub's "cannot load" error for ``source`` (a hub id, not a local folder) into one that says what to
     do on a machine without hub access: download the model once and pass its folder."""

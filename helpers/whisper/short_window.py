@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from .decode import quiet_generation
+from .models import quiet_generation
 
 FRAMES_PER_SECOND = 100  # Whisper's log-mel frames per second of audio (hop 160 samples at 16 kHz)
 
