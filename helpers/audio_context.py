@@ -31,9 +31,7 @@ from .speech.collate import to_dataset
 from .speech.manifest import load_manifest
 from .whisper import models, train
 from .whisper.decode import transcribe_and_score
-from .whisper.short_window import FRAMES_PER_SECOND, WindowRule, encode_short
-
-RULE_FILE = "window_rule.json"  # beside a short-window model: the rule its windows follow
+from .whisper.short_window import FRAMES_PER_SECOND, RULE_FILE, WindowRule, encode_short
 
 
 def window_rule(p) -> WindowRule:

@@ -30,6 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from .models import quiet_generation
 
 FRAMES_PER_SECOND = 100  # Whisper's log-mel frames per second of audio (hop 160 samples at 16 kHz)
+RULE_FILE = "window_rule.json"  # beside a short-window model (and in its export): the rule its windows follow
 
 
 def _ceil(x: float) -> int:
@@ -87,6 +88,10 @@ class WindowRule:
         frames = max(frames, _ceil(self.floor_s * frames_per_s))
         frames += frames % 2
         return min(frames, full_frames)
+
+    def describe(self) -> str:
+        """The rule in words, for tables: ``"clip + 0.5 s, at least 1 s, in steps of 0.5 s"``."""
+        return f"clip + {self.margin_s:g} s, at least {self.floor_s:g} s, in steps of {self.round_to_s:g} s"
 
     def to_dict(self) -> dict:
         """The rule as plain numbers (for ``export.json`` and results files); ``WindowRule(**d)`` reads it back."""
