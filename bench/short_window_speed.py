@@ -18,8 +18,9 @@ Every model decodes exactly ``--new-tokens`` tokens after the 4-token prompt (gr
 ``min_new_tokens`` = ``max_new_tokens``, CTranslate2 with ``<|endoftext|>`` suppressed; lengths checked), as
 bench/decode_speed.py does: random models do not stop. A full-window contender costs the same whatever the clip's
 length (the clip is padded to 30 s and the token count is fixed), so it runs once per round and counts for every
-clip length. All contenders take turns in ``--rounds`` rounds after one untimed round; the median round counts
-(lower middle for an even count) with min and max kept. Each call is timed whole and its encoder part apart.
+clip length. All contenders take turns in ``--rounds`` rounds after one untimed round
+(``helpers.figures.timing.take_turns``, the workbook's one timing routine); the median round counts (lower middle
+for an even count) with min and max kept. Each call is timed whole and its encoder part apart.
 
 Reported per clip length: seconds end to end (median, min, max) and the encoder's; speed-up over the teacher;
 short over full window in the same runtime; end to end over the runtime's own encoder on the clip's own length.
@@ -51,6 +52,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import student  # noqa: E402
+from helpers.figures.timing import Timed, take_turns  # noqa: E402
 from helpers.whisper import models, short_window, short_window_ct2  # noqa: E402
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
@@ -146,23 +148,24 @@ def contenders(teacher, small, ct2, features: torch.Tensor, windows: dict, new_t
     return calls
 
 
-def take_turns(calls: dict, rounds: int) -> dict:
-    """Every call once untimed, then ``rounds`` rounds in turns (A, B, C, A, B, C...): name -> list of results."""
-    for call in calls.values():
-        call()
-    results = {name: [] for name in calls}
-    for i in range(rounds):
-        for name, call in calls.items():
-            results[name].append(call())
-        print(f"  round {i + 1}/{rounds} done", flush=True)
-    return results
+def in_turns(calls: dict, rounds: int) -> dict:
+    """Every call once untimed, then ``rounds`` rounds in turns (A, B, C, A, B, C...) with the workbook's one timing
+    routine (``helpers.figures.timing.take_turns``), each round counting the end-to-end seconds the call measured
+    itself: name -> :class:`Timed` (every round's ``{"total_s", "encoder_s"}`` kept in ``outputs``)."""
+    turns = iter(range(1, rounds * len(calls) + 1))
+
+    def done(name):
+        turn = next(turns)
+        if turn % len(calls) == 0:
+            print(f"  round {turn // len(calls)}/{rounds} done", flush=True)
+    return take_turns(calls, rounds, seconds=lambda out: out["total_s"], on_round=done)
 
 
-def median_round(rounds: list[dict]) -> dict:
-    """The median round by end-to-end seconds (lower middle for an even count), with min and max of its total."""
-    totals = sorted(r["total_s"] for r in rounds)
-    middle = next(r for r in rounds if r["total_s"] == totals[(len(totals) - 1) // 2])
-    return {"total_s": middle["total_s"], "encoder_s": middle["encoder_s"], "min_s": totals[0], "max_s": totals[-1]}
+def median_round(timed: Timed) -> dict:
+    """The median round by end-to-end seconds (``Timed.median``: the lower middle for an even count) with its
+    encoder seconds, and min and max of the end-to-end seconds."""
+    middle = timed.median_output
+    return {"total_s": middle["total_s"], "encoder_s": middle["encoder_s"], "min_s": timed.min, "max_s": timed.max}
 
 
 def summarise(timed: dict, windows: dict) -> list[dict]:
@@ -243,13 +246,13 @@ def measure(args, shape: str, device: torch.device, dtype: torch.dtype, rule) ->
             with torch.inference_mode():
                 features = torch.randn(batch, teacher.config.num_mel_bins, full,
                                        generator=torch.Generator().manual_seed(1)).to(device, dtype)
-                timed = take_turns(contenders(teacher, small, ct2, features, windows, args.new_tokens, device),
-                                   args.rounds)
+                timed = in_turns(contenders(teacher, small, ct2, features, windows, args.new_tokens, device),
+                                 args.rounds)
             rows = summarise(timed, windows)
             met = {} if args.quick else goals(shape, batch, rows)  # a smoke run's shapes are not the real ones
             report(shape, batch, rows, met)
             results.append({"shape": shape, "batch": batch, "rows": rows, "goals": met,
-                            "rounds": timed,
+                            "rounds": {name: t.outputs for name, t in timed.items()},
                             "ct2": None if ct2 is None else args.ct2_compute_type})
             del features, timed  # free this batch size's tensors before the next
             gc.collect()
