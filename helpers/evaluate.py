@@ -24,6 +24,7 @@ from .speech.manifest import check_rows, read_csv
 from .whisper.decode import default_device
 from .whisper.measure import evaluate_models
 from .whisper.models import load_feature_extractor, window_seconds
+from .whisper.short_window import RULE_FILE, WindowRule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +54,23 @@ def find_models(run_dir: str | Path, models: dict | None = None) -> dict[str, st
         raise FileNotFoundError(f"no model found in {run_dir}: run notebooks 02 to 06 with this run_dir first, "
                                 "or give `models` as {name: folder or hub id}")
     return found
+
+
+def short_windows(run_dir: str | Path, model_paths: dict[str, str]) -> tuple[dict[str, str], dict]:
+    """The short-window rows of the evaluation: ``(model_paths, windows)``. When the short-window student (notebook
+    06, part 2) is among ``model_paths``, it reads its windows (its ``window_rule.json``), and the student it was
+    tuned from is added once more, reading the same short windows untuned, so that the table shows why tuning is
+    needed. Other models read full windows."""
+    run = RunDir(run_dir)
+    found = read_json(run.student_short / RULE_FILE) if "short-window student" in model_paths else None
+    if found is None:
+        return dict(model_paths), {}
+    rule = WindowRule(found["margin_s"], found["floor_s"], found["round_to_s"])
+    paths, windows = dict(model_paths), {"short-window student": rule}
+    if (run.root / found["source_folder"] / "config.json").exists():
+        untuned = f"{found['source']}, short window untuned"
+        paths[untuned], windows[untuned] = str(run.root / found["source_folder"]), rule
+    return paths, windows
 
 
 def describe_models(model_paths: dict[str, str]) -> pd.DataFrame:
@@ -137,7 +155,7 @@ class Evaluation:
     row per test set and model, with intervals and verdicts) and ``predictions`` (one row per utterance), the
     speculative check (``speculative`` summary and ``speculative_speed`` table, or None), the student chosen on
     validation (``best_student``), its ``exports`` (quantisation -> folder) and the ``shipping`` table that measures
-    them beside the teacher, and the folder the results were written to."""
+    them beside the teacher, the folder the results were written to, and the short ``windows`` (model -> rule)."""
     model_paths: dict[str, str]
     test_sets: dict[str, pd.DataFrame]
     skipped: pd.DataFrame
@@ -149,6 +167,7 @@ class Evaluation:
     exports: dict[str, Path] = field(default_factory=dict)
     shipping: pd.DataFrame | None = None
     out_dir: Path | None = None
+    windows: dict = field(default_factory=dict)
 
     @property
     def evaluated(self) -> list[str]:
@@ -161,20 +180,20 @@ class Evaluation:
 def measure(p) -> Evaluation:
     """The models of ``p`` (``p.models``, else every stage of ``p.run_dir``) on the test sets, side by side, with
     intervals and verdicts (:func:`whisper.measure.evaluate_models`, :func:`report.add_comparisons`)."""
-    model_paths = find_models(p.run_dir, p.models)
+    model_paths, windows = short_windows(p.run_dir, find_models(p.run_dir, p.models))
     window = window_seconds(load_feature_extractor(next(iter(model_paths.values()))))
     test_sets, skipped = load_test_sets(p.test_sets, p.run_dir, max_duration_s=window)
     print(f"{len(model_paths)} models, {len(test_sets)} test set(s): "
           + ", ".join(f"{name} ({len(rows)} utterances, {rows['duration'].sum() / 60:.1f} min)"
                       for name, rows in test_sets.items()) + f"; {len(skipped)} rows skipped")
     results, predictions = evaluate_models(model_paths, test_sets, p.batch_size, fold=p.fold, rounds=p.speed_rounds,
-                                           progress=p.live_plot)
+                                           progress=p.live_plot, windows=windows)
     results = report.add_comparisons(results, predictions, seed=p.seed)
     for _, row in results[results["status"] != "ok"].iterrows():
         print(f"{row['model']} on {row['test_set']}: {row['status']}")
     print(f"{(results['status'] == 'ok').sum()} of {len(results)} evaluations done on {default_device()[0]}; "
           f"comparisons with the {results.attrs['reference']}")
-    return Evaluation(model_paths, test_sets, skipped, results, predictions)
+    return Evaluation(model_paths, test_sets, skipped, results, predictions, windows=windows)
 
 
 def run_phase(p) -> Evaluation:

@@ -56,7 +56,8 @@ def add_comparisons(results: pd.DataFrame, predictions: pd.DataFrame, reference:
 def comparison_table(results: pd.DataFrame, test_set: str | None = None) -> pd.DataFrame:
     """The table to read first, one row per model: size; test CER with its 95 % interval, the paired difference
     from the teacher and its verdict; WER and MER; RTFx and the speed-up with the range of the timing rounds and
-    its verdict; peak memory. Rounded for reading."""
+    its verdict; peak memory; the window each model read and how many of its outputs looped (stopped by the decoding
+    budget or the repetition guard). Rounded for reading."""
     rows = results if test_set is None else results[results["test_set"] == test_set]
     rows = rows.assign(
         cer_ci=[f"{lo:.1f}-{hi:.1f}" if pd.notna(lo) else "" for lo, hi in zip(rows.get("cer_low", []),
@@ -64,12 +65,14 @@ def comparison_table(results: pd.DataFrame, test_set: str | None = None) -> pd.D
         diff_ci=[f"{lo:+.1f} to {hi:+.1f}" if pd.notna(lo) else "" for lo, hi in zip(rows.get("cer_diff_low", []),
                                                                                    rows.get("cer_diff_high", []))],
         speed_range=[f"{lo:.2f}-{hi:.2f}" if pd.notna(lo) else "" for lo, hi in zip(rows.get("speed_up_low", []),
-                                                                                  rows.get("speed_up_high", []))])
+                                                                                  rows.get("speed_up_high", []))],
+        loops=[f"{int(k)} of {int(n)}" if pd.notna(k) else "" for k, n in zip(rows.get("looped", []),
+                                                                              rows.get("outputs", []))])
     columns = {"params_M": "params (M)", "decoder_layers": "dec", "size_MB": "size (MB)", "cer": "CER %",
                "cer_ci": "95% CI", "cer_diff": "vs teacher (pts)", "diff_ci": "95% CI of diff",
                "cer_verdict": "accuracy", "wer": "WER %", "mer": "MER %", "rtfx": "RTFx", "speed_up": "speed-up",
                "speed_range": "range", "speed_verdict": "speed", "peak_memory_MB": "peak mem (MB)",
-               "status": "status"}
+               "window": "window", "loops": "looped", "status": "status"}
     present = [c for c in columns if c in rows]
     table = rows.set_index(["test_set", "model"] if test_set is None else "model")[present].rename(columns=columns)
     return table.round({"params (M)": 2, "size (MB)": 1, "CER %": 1, "vs teacher (pts)": 1, "WER %": 1, "MER %": 1,

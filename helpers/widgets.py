@@ -28,6 +28,7 @@ from .figures import plots
 from .speech import text
 from .speech.audio import AUDIO_SUFFIXES, SAMPLING_RATE, log_mel, read_row
 from .whisper import longform
+from .whisper.decode import transcribe_audio
 from .whisper.models import load_whisper, window_seconds
 
 
@@ -184,8 +185,9 @@ class ModelShelf:
     """The models to try, loaded on first use and kept (small models) or loaded for each try and let go (models of
     more than ``keep_below`` parameters, so that five Breeze-sized stages never sit in memory together)."""
 
-    def __init__(self, model_paths: dict[str, str], keep_below: float = 1e9):
+    def __init__(self, model_paths: dict[str, str], keep_below: float = 1e9, windows: dict | None = None):
         self.model_paths, self.keep_below, self._kept = dict(model_paths), keep_below, {}
+        self.windows = dict(windows or {})  # name -> the WindowRule a short-window model runs with
 
     def get(self, name: str):
         if name in self._kept:
@@ -200,16 +202,15 @@ class ModelShelf:
 def try_clip(shelf: ModelShelf, audio: np.ndarray, reference: str | None = None, fold: str | None = "t2s"
              ) -> pd.DataFrame:
     """Every model of ``shelf`` transcribes ``audio`` (16 kHz samples): one row per model with its transcript, the
-    seconds it took and, with a ``reference``, the CER (percent). Audio longer than a model's window is
-    transcribed piece by piece, cut at pauses (``longform.transcribe_long``)."""
+    seconds it took and, with a ``reference``, the CER (percent). A clip runs within the decoding budget, over the
+    model's short window when the shelf has one for it; audio longer than a model's window is transcribed piece by
+    piece, cut at pauses, with full windows (``longform.transcribe_long``)."""
     rows = []
     for name in shelf.model_paths:
         loaded = shelf.get(name)
         started = time.perf_counter()
         if len(audio) / SAMPLING_RATE <= window_seconds(loaded.feature_extractor):
-            features, mask = log_mel(loaded.feature_extractor, [audio], with_mask=True)
-            out = loaded.model.generate(features, attention_mask=mask)
-            said = loaded.tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
+            said, _ = transcribe_audio(loaded.model, loaded.processor, audio, shelf.windows.get(name))
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 import soundfile as sf

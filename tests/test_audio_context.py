@@ -78,3 +78,22 @@ def test_transcribing_with_a_window_as_long_as_the_full_one_changes_nothing(synt
     decode.transcribe(loaded.model, loaded.processor, rows, 4, progress=False, window=WindowRule(0.0, 0.0, 0.5),
                       on_batch=lambda idx, hidden, out: frames.append(hidden.shape[1]))
     assert max(frames) < 250  # the encoder read fewer than the full window's 250 positions
+
+
+def test_evaluation_reads_the_short_window_rows_and_adds_the_untuned_one(short_run):
+    from helpers import evaluate
+    from helpers.whisper import measure
+
+    run, p, _ = short_run
+    paths, windows = evaluate.short_windows(run.root, evaluate.find_models(run.root))
+    assert list(paths) == ["distilled student", "short-window student", "distilled student, short window untuned"]
+    assert paths["distilled student, short window untuned"] == str(run.student_kd)
+    assert windows["short-window student"] == windows["distilled student, short window untuned"] == \
+        audio_context.window_rule(p)
+    rows = load_manifest(run.data, "test")
+    results, _ = measure.evaluate_models(paths, {"test": rows}, batch_size=4, rounds=1, progress=False,
+                                         windows=windows)
+    assert results.set_index("model")["window"].to_dict() == {
+        "distilled student": "full", "short-window student": audio_context.window_rule(p).describe(),
+        "distilled student, short window untuned": audio_context.window_rule(p).describe()}
+    assert (results["looped"] <= results["outputs"]).all()

@@ -160,6 +160,20 @@ def _transcribe_block(model, processor, manifest, first_row, batch_size, max_new
                          "ms_per_step": 1000 * compute_s / max(steps, 1), "outputs": len(manifest), "looped": loops}
 
 
+@torch.no_grad()
+def transcribe_audio(model, processor, audio: np.ndarray, window=None) -> tuple[str, bool]:
+    """One clip of samples (at the feature extractor's rate, within the model's window) transcribed greedily, with
+    the decoding budget and the repetition guard, over a short ``window`` when given: ``(text, looped)``."""
+    fe = processor.feature_extractor
+    param = next(model.parameters())
+    feats, mask = log_mel(fe, [audio], param.device, param.dtype, with_mask=True)
+    frames = None if window is None else window.frames_for(len(audio) / fe.sampling_rate, feats.shape[-1])
+    budget = token_budget(len(audio) / fe.sampling_rate, model.config.max_target_positions - 8)
+    with quiet_generation():
+        _, out, _, _, looping = _generate_batch(model.eval(), feats, mask, budget, None, frames)
+    return processor.tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip(), bool(looping[0])
+
+
 def transcribe_and_score(model, processor, rows: pd.DataFrame, batch_size: int = 16, *, fold: str | None = "t2s",
                          desc: str = "scoring", progress: bool = True, **kwargs) -> tuple[dict, list[str]]:
     """Transcribe a split (:func:`transcribe`) and score it against ``rows["text"]``: the one way every phase

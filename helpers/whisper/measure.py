@@ -44,8 +44,8 @@ def _park(loaded, device: torch.device):
 
 
 def load_and_warm_up(model_paths: dict[str, str], test_sets: dict[str, pd.DataFrame], batch_size: int,
-                     device: torch.device, dtype: torch.dtype, max_new_tokens: int | None, on_model=None
-                     ) -> tuple[dict, dict, dict]:
+                     device: torch.device, dtype: torch.dtype, max_new_tokens: int | None, on_model=None,
+                     windows: dict | None = None) -> tuple[dict, dict, dict]:
     """Load every model and decode one full batch of every test set with it, untimed (the first calls pay for
     memory allocation and kernel selection; the peak memory of a real pass is measured meanwhile). Returns
     ``(loaded, facts, failed)``: name -> LoadedWhisper (parked on the CPU when decoding on a GPU), name ->
@@ -57,7 +57,8 @@ def load_and_warm_up(model_paths: dict[str, str], test_sets: dict[str, pd.DataFr
                 model = load_whisper(path, dtype=dtype, device=device)
                 for rows in test_sets.values():
                     transcribe(model.model, model.processor, rows.head(batch_size), batch_size,
-                               max_new_tokens=max_new_tokens, progress=False, shard=False)
+                               max_new_tokens=max_new_tokens, progress=False, shard=False,
+                               window=(windows or {}).get(name))
             facts[name] = {**model_facts(model), "peak_memory_MB": mem.peak_mb}
             loaded[name] = _park(model, device)
         except Exception as err:  # noqa: BLE001 (one failing model must not lose the others' results)
@@ -68,16 +69,17 @@ def load_and_warm_up(model_paths: dict[str, str], test_sets: dict[str, pd.DataFr
 
 
 def timed_rounds(loaded: dict, test_sets: dict[str, pd.DataFrame], batch_size: int, rounds: int,
-                 device: torch.device, max_new_tokens: int | None, on_round=None) -> dict[tuple[str, str], Timed]:
+                 device: torch.device, max_new_tokens: int | None, on_round=None, windows: dict | None = None
+                 ) -> dict[tuple[str, str], Timed]:
     """Every (model, test set) pair transcribes the whole set ``rounds`` times, the pairs taking turns
     (:func:`helpers.figures.timing.take_turns`, no further warm-up), each round counting the compute seconds
-    ``decode.transcribe`` measured. Returns (model, test set) -> :class:`Timed` whose outputs are
-    ``(predictions, stats)``."""
-    def run(model, rows):
+    ``decode.transcribe`` measured, each model over its window in ``windows`` (name -> WindowRule; full windows
+    otherwise). Returns (model, test set) -> :class:`Timed` whose outputs are ``(predictions, stats)``."""
+    def run(model, rows, window):
         return lambda: transcribe(model.model, model.processor, rows, batch_size, max_new_tokens=max_new_tokens,
-                                  progress=False, shard=False)
+                                  progress=False, shard=False, window=window)
 
-    pairs = {(name, set_name): run(model, rows) for name, model in loaded.items()
+    pairs = {(name, set_name): run(model, rows, (windows or {}).get(name)) for name, model in loaded.items()
              for set_name, rows in test_sets.items()}
     return take_turns(pairs, rounds, warmup={}, seconds=lambda out: out[1]["compute_s"],
                       before=lambda pair: loaded[pair[0]].model.to(device),
@@ -85,10 +87,11 @@ def timed_rounds(loaded: dict, test_sets: dict[str, pd.DataFrame], batch_size: i
 
 
 def results_table(model_paths: dict, test_sets: dict, timed: dict, facts: dict, failed: dict, fold: str | None,
-                  reference: str | None = None) -> pd.DataFrame:
+                  reference: str | None = None, windows: dict | None = None) -> pd.DataFrame:
     """One row per (test set, model): status (``ok`` or the error), size, CER/WER/MER/exact match in percent, the
     stats of the median round (``compute_s``, ``rtfx``, encoder and decoder seconds, decoder steps per second)
-    with ``compute_s_min``/``compute_s_max`` and ``rounds``, and peak memory. ``attrs["reference"]``: the model
+    with ``compute_s_min``/``compute_s_max`` and ``rounds``, peak memory, and the ``window`` it read ("full", or the
+    short-window rule). ``attrs["reference"]``: the model
     comparisons are made against (``reference``, else the fine-tuned teacher, else the base teacher, else the
     first model that ran)."""
     rows = []
@@ -99,7 +102,9 @@ def results_table(model_paths: dict, test_sets: dict, timed: dict, facts: dict, 
                 continue
             t = timed[(name, set_name)]
             predictions, median = t.median_output
+            window = (windows or {}).get(name)
             rows.append({"test_set": set_name, "model": name, "path": str(path), "status": "ok", **facts[name],
+                         "window": "full" if window is None else window.describe(),
                          "utterances": len(clips), **text.score(clips["text"].tolist(), predictions, fold),
                          **median, "compute_s_min": t.min, "compute_s_max": t.max, "rounds": len(t.seconds)})
     table = pd.DataFrame(rows)
@@ -128,12 +133,14 @@ def predictions_table(test_sets: dict, timed: dict, fold: str | None) -> pd.Data
 def evaluate_models(model_paths: dict[str, str], test_sets: dict[str, pd.DataFrame], batch_size: int = 16,
                     fold: str | None = "t2s", rounds: int = 3, max_new_tokens: int | None = None,
                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                    reference: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    reference: str | None = None, progress: bool = True, windows: dict | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Accuracy, speed, size and memory of every model on every test set, measured in one run.
 
     All models decode with the same ``batch_size`` on the same ``device`` (default: ``decode.default_device``; on
     a GPU a model waits on the CPU between its turns) over ``rounds`` interleaved rounds, which spreads whatever
-    else the machine does over all models alike. Returns ``(results, predictions)``: :func:`results_table` and
+    else the machine does over all models alike; a model named in ``windows`` (name -> ``WindowRule``) reads short
+    windows. Returns ``(results, predictions)``: :func:`results_table` and
     :func:`predictions_table`; :mod:`helpers.report` adds intervals and speed-ups. A model that fails (missing
     folder, broken checkpoint, out of memory) gets a row with its error and the others go on.
     """
@@ -157,12 +164,13 @@ def evaluate_models(model_paths: dict[str, str], test_sets: dict[str, pd.DataFra
         bar.update(1)
 
     loaded, facts, failed = load_and_warm_up(model_paths, test_sets, batch_size, device, dtype, max_new_tokens,
-                                             on_model=loaded_one)
+                                             on_model=loaded_one, windows=windows)
     bar.total = len(model_paths) + len(loaded) * rounds * len(test_sets)
     timed = timed_rounds(loaded, test_sets, batch_size, rounds, device, max_new_tokens,
-                         on_round=lambda pair: (bar.set_postfix_str(f"{pair[0]} on {pair[1]}"), bar.update(1)))
+                         on_round=lambda pair: (bar.set_postfix_str(f"{pair[0]} on {pair[1]}"), bar.update(1)),
+                         windows=windows)
     bar.close()
     del loaded
     gc.collect()
-    return (results_table(model_paths, test_sets, timed, facts, failed, fold, reference),
+    return (results_table(model_paths, test_sets, timed, facts, failed, fold, reference, windows),
             predictions_table(test_sets, timed, fold))
