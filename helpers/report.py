@@ -7,6 +7,9 @@ teacher as the ratio of median timing rounds with the range the rounds allow.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 
 from .figures import stats
@@ -121,3 +124,33 @@ def conclusion(results: pd.DataFrame, test_set: str, student: str, teacher: str 
             f"{int(s['rounds'])} interleaved rounds; range {s['speed_up_low']:.2f}-{s['speed_up_high']:.2f}x). The "
             f"encoder, which both run in full, takes {100 * t['encoder_s'] / t['compute_s']:.0f}% of the "
             f"{teacher}'s compute here: a shorter decoder can only save on the rest.")
+
+
+BENCH_RUNTIMES = {"hf_fp32_student_full": "transformers fp32 student, full window",
+                  "hf_fp32_student_short": "transformers fp32 student, short window",
+                  "ct2_int8_student_full": "CTranslate2 int8 student, full window",
+                  "ct2_int8_student_short": "CTranslate2 int8 student, short window"}
+
+
+def short_window_benchmark(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """The real-shape speed-ups ``bench/short_window_speed.py`` measured, read from its results files in
+    ``results_dir`` (``short_window_speed_<device>_<shape>.json``): one row per shape and clip length, one column
+    per runtime (speed-up over the transformers fp32 teacher at the full window, median of the rounds), and one
+    line per file naming the machine it was measured on. Empty when no results file is there."""
+    rows, machines = [], []
+    for path in sorted(Path(results_dir).glob("short_window_speed_*.json")):
+        if path.stem.endswith("_quick"):
+            continue
+        found = json.loads(path.read_text("utf-8"))
+        m = found["machine"]
+        machines.append(f"{path.name}: {m.get('cpu') or m.get('device')}, {m.get('threads')} threads, torch "
+                        f"{m.get('torch')}, ctranslate2 {m.get('ctranslate2')}, batch {found['args']['batch_sizes']}, "
+                        f"{found['args']['new_tokens']} tokens; {m.get('note', '')}".strip())
+        for shape in found["results"]:
+            for row in shape["rows"]:
+                ups = row["speed_up_vs_teacher"]
+                rows.append({"shape": shape["shape"], "batch": shape["batch"], "clip (s)": row["clip_s"],
+                             **{label: round(ups[key]["median"], 2) for key, label in BENCH_RUNTIMES.items()
+                                if key in ups}})
+    table = pd.DataFrame(rows)
+    return (table.set_index(["shape", "batch", "clip (s)"]) if len(table) else table), machines
