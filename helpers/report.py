@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from .figures import stats
-from .files import TEACHERS
+from .files import TEACHERS, read_json
+from .whisper.short_window import RULE_FILE
 
 
 def add_comparisons(results: pd.DataFrame, predictions: pd.DataFrame, reference: str | None = None,
@@ -124,6 +125,33 @@ def conclusion(results: pd.DataFrame, test_set: str, student: str, teacher: str 
             f"{int(s['rounds'])} interleaved rounds; range {s['speed_up_low']:.2f}-{s['speed_up_high']:.2f}x). The "
             f"encoder, which both run in full, takes {100 * t['encoder_s'] / t['compute_s']:.0f}% of the "
             f"{teacher}'s compute here: a shorter decoder can only save on the rest.")
+
+
+def window_verdicts(results: pd.DataFrame, predictions: pd.DataFrame, windows: dict, resamples: int = stats.RESAMPLES,
+                    seed: int = stats.SEED) -> pd.DataFrame:
+    """Each short-window row against the same student at its full window, on the same utterances: test CER of both,
+    the paired difference (points) with its 95 % bootstrap interval and verdict, and the speed-up of the median
+    rounds. ``windows``: model -> rule, as notebook 07 evaluated them; the full-window student is the one whose
+    folder the row's model was read from. Empty when there is no short-window row."""
+    ok = results[results["status"] == "ok"]
+    rows = []
+    for name in windows:
+        for _, mine in ok[ok["model"] == name].iterrows():
+            same = ok[(ok["path"] == mine["path"]) & (ok["window"] == "full") & (ok["test_set"] == mine["test_set"])]
+            source = read_json(Path(mine["path"]) / RULE_FILE, {}).get("source") if same.empty else None
+            full = same if source is None else ok[(ok["model"] == source) & (ok["test_set"] == mine["test_set"])]
+            if full.empty:
+                continue
+            full = full.iloc[0]
+            utt = {m: predictions[(predictions["model"] == m) & (predictions["test_set"] == mine["test_set"])]
+                   for m in (name, full["model"])}
+            diff = stats.paired_difference(utt[name]["errors"].to_numpy(), utt[full["model"]]["errors"].to_numpy(),
+                                           utt[name]["n_ref"], resamples, seed)
+            rows.append({"test_set": mine["test_set"], "model": name, "against": f"{full['model']} (full window)",
+                         "CER %": mine["cer"], "its CER %": full["cer"], "difference (pts)": diff["difference"],
+                         "95% CI": f"{diff['low']:+.1f} to {diff['high']:+.1f}", "accuracy": stats.verdict(diff),
+                         "speed-up": full["compute_s"] / mine["compute_s"]})
+    return pd.DataFrame(rows).round(2)
 
 
 BENCH_RUNTIMES = {"hf_fp32_student_full": "transformers fp32 student, full window",
