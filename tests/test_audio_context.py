@@ -81,7 +81,7 @@ def test_transcribing_with_a_window_as_long_as_the_full_one_changes_nothing(synt
 
 
 def test_evaluation_reads_the_short_window_rows_and_adds_the_untuned_one(short_run):
-    from helpers import evaluate
+    from helpers import evaluate, report
     from helpers.whisper import measure
 
     run, p, _ = short_run
@@ -91,9 +91,14 @@ def test_evaluation_reads_the_short_window_rows_and_adds_the_untuned_one(short_r
     assert windows["short-window student"] == windows["distilled student, short window untuned"] == \
         audio_context.window_rule(p)
     rows = load_manifest(run.data, "test")
-    results, _ = measure.evaluate_models(paths, {"test": rows}, batch_size=4, rounds=1, progress=False,
-                                         windows=windows)
+    results, predictions = measure.evaluate_models(paths, {"test": rows}, batch_size=4, rounds=1, progress=False,
+                                                   windows=windows)
     assert results.set_index("model")["window"].to_dict() == {
         "distilled student": "full", "short-window student": audio_context.window_rule(p).describe(),
         "distilled student, short window untuned": audio_context.window_rule(p).describe()}
     assert (results["looped"] <= results["outputs"]).all()
+    verdicts = report.window_verdicts(results, predictions, windows).set_index("model")
+    # both short-window rows are compared with the distilled student at its full window
+    assert set(verdicts["against"]) == {"distilled student (full window)"}
+    assert set(verdicts.index) == {"short-window student", "distilled student, short window untuned"}
+    assert set(verdicts["accuracy"]) <= {"better", "worse", "within noise"}
