@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import config, distill, student
-from helpers.figures import memory
+from helpers.figures import memory  # noqa: E402
+from helpers.figures.timing import take_turns  # noqa: E402
 from helpers.whisper import models, train  # noqa: E402
 
 # key -> (name, encoder mode, student encoder frozen, stored teacher targets)
@@ -113,11 +114,9 @@ def time_steps(shape: str, batch: int, rounds: int, label_len: int, device: str,
             model = torch.nn.ModuleList([pupil] + ([trainer.teacher] if trainer.teacher is not None else []))
             peak[name] = memory.tensor_peak(lambda run=(trainer, pupil, optim, inputs): step(*run), model=model,
                                             optimizer=optim, inputs=list(inputs.values()))["peak_bytes"]
-    best = {name: float("inf") for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            best[name] = min(best[name], step(*run))
-    return best, peak
+    timed = take_turns({name: (lambda run=run: step(*run)) for name, run in runs.items()}, rounds, warmup={},
+                       seconds=lambda seconds: seconds)  # warmed up above; each step times itself (synchronised)
+    return {name: t.min for name, t in timed.items()}, peak
 
 
 def main(argv=None):

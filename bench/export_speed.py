@@ -36,7 +36,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ctranslate2
@@ -50,7 +49,8 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import student  # noqa: E402
-from helpers.whisper import models
+from helpers.figures.timing import take_turns  # noqa: E402
+from helpers.whisper import models  # noqa: E402
 
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257
@@ -185,15 +185,10 @@ def measure(shape: str, batch_sizes: list[int], new_tokens: int, repeats: int, q
             features = np.random.default_rng(1).standard_normal(
                 (batch, cfg.num_mel_bins, 2 * cfg.max_source_positions)).astype(np.float32)
             work = workloads(teacher, small, ct2, features, new_tokens, quantizations)
-            rounds = {name: [] for name in work}
-            for i in range(repeats + 1):  # round 0 is untimed (warm-up)
-                for name, fn in work.items():
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        fn()
-                    if i:
-                        rounds[name].append(time.perf_counter() - t0)
-            best = {name: min(times) for name, times in rounds.items()}
+            with torch.inference_mode():  # one untimed call each, then the workloads take turns
+                timed = take_turns(work, repeats)
+            rounds = {name: t.seconds for name, t in timed.items()}
+            best = {name: t.min for name, t in timed.items()}
             row = {"shape": shape, "batch": batch, "new_tokens": new_tokens, "repeats": repeats, "fastest_s": best,
                    "rounds_s": rounds, **sizes}
             totals = {"hf_fp32_teacher": best["hf_fp32_encoder"] + best["hf_fp32_teacher_decoder"],
