@@ -4,8 +4,9 @@
 
 :func:`export_model` converts with ``ctranslate2.converters.TransformersConverter`` into
 ``run_dir/export/<model>-ct2-<quantization>/``, with the files the runtime needs (``tokenizer.json``,
-``preprocessor_config.json``) and ``export.json`` (source, its SHA-256, sizes, versions). :func:`compare_exports`
-puts exports beside the transformers model for notebook 07. Running an export (``load_export``,
+``preprocessor_config.json``) and ``export.json`` (source, its SHA-256, sizes, versions, and the window rule of a
+short-window student, which the runtime then applies to clips). :func:`compare_exports` puts exports beside the
+transformers model for notebook 07. Running an export (``load_export``,
 ``transcribe_export``, ``transcribe_long`` for recordings of any length) lives in :mod:`helpers.whisper.longform` and is
 importable from here too.
 
@@ -35,6 +36,7 @@ from .whisper.decode import transcribe
 from .whisper.longform import LongRecording, Segment, transcribe_long
 from .whisper.models import LoadedWhisper, load_whisper, no_transformers_bars
 from .whisper.runtime import MANIFEST, Export, load_export, runtime_for, transcribe_export
+from .whisper.short_window import RULE_FILE, WindowRule
 
 QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
 RUNTIME_FILES = ("tokenizer.json", "preprocessor_config.json")  # copied into every export
@@ -81,6 +83,24 @@ def resolve_source(model: str | Path, run_dir: str | Path | None = None) -> tupl
         if not list(folder.glob(pattern)):
             raise ValueError(f"{shown(folder)} has no {what}: save the model with models.save_whisper")
     return folder, name
+
+
+def read_window_rule(folder: Path) -> WindowRule | None:
+    """The window rule of a short-window student (``folder``'s ``window_rule.json``, notebook 06 part 2), or None.
+    Raises ``ValueError`` naming the file and the parameter when the rule would cut speech or exceeds the model's
+    full window (``WindowRule``)."""
+    found = read_json(folder / RULE_FILE)
+    if found is None:
+        return None
+    try:
+        rule = WindowRule(found["margin_s"], found["floor_s"], found["round_to_s"])
+        rule.frames_for(0.0, 2 * read_json(folder / "config.json")["max_source_positions"])  # floor vs the window
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{shown(folder / RULE_FILE)} lacks {err}: it needs margin_s, floor_s and round_to_s "
+                         "(seconds), as audio_context writes it") from None
+    except ValueError as err:
+        raise ValueError(f"{shown(folder / RULE_FILE)}: {err}") from None
+    return rule
 
 
 def fingerprint(folder: Path) -> str:
@@ -163,8 +183,10 @@ def export_model(model: str | Path, run_dir: str | Path | None = None, *, quanti
     replaces an earlier export of the same name: a failing export leaves the earlier one as it was. The export
     holds ``model.bin``, ``vocabulary.json``, ``config.json``, :data:`RUNTIME_FILES` and ``export.json``: source
     folder, source SHA-256 (:func:`fingerprint`), quantisation, bytes on disk of source and export, alignment heads
-    (:func:`fix_alignment_heads`), runtime (:func:`runtime_for`), language, versions. Errors: see
-    :func:`check_quantization` and :func:`resolve_source`.
+    (:func:`fix_alignment_heads`), runtime (:func:`runtime_for`), language, versions, and ``window_rule``: the
+    ``{margin_s, floor_s, round_to_s}`` of the source's ``window_rule.json`` (a short-window student; the file is
+    copied too, for plain CTranslate2 users), else None. ``runtime.transcribe_export`` applies it to clips. Errors:
+    see :func:`check_quantization`, :func:`resolve_source` and :func:`read_window_rule`.
     """
     import ctranslate2
     import faster_whisper
@@ -174,6 +196,7 @@ def export_model(model: str | Path, run_dir: str | Path | None = None, *, quanti
 
     check_quantization(quantization, device)
     folder, name = resolve_source(model, run_dir)
+    rule = read_window_rule(folder)
     root = Path(out_root) if out_root else (RunDir(run_dir).export if run_dir is not None else folder.parent / "export")
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{name}-ct2-{quantization}"
@@ -183,7 +206,8 @@ def export_model(model: str | Path, run_dir: str | Path | None = None, *, quanti
         layer_map = read_json(folder / "layer_map.json") or (
             read_json(RunDir(run_dir).student_init / "layer_map.json") if run_dir is not None else None)
         info = _stage(folder, work / "source", quantization, layer_map)
-        converter = TransformersConverter(str(work / "source"), copy_files=list(RUNTIME_FILES))
+        converter = TransformersConverter(str(work / "source"),
+                                          copy_files=list(RUNTIME_FILES) + ([RULE_FILE] if rule else []))
         with no_transformers_bars():
             converter.convert(str(work / "ct2"), quantization=quantization)
         ctranslate2.models.Whisper(str(work / "ct2"), device=device)  # loads: a broken export goes no further
@@ -192,7 +216,7 @@ def export_model(model: str | Path, run_dir: str | Path | None = None, *, quanti
         manifest = {"source": str(folder.resolve()), "name": name, "source_sha256": fingerprint(folder),
                     "quantization": quantization, "source_bytes": folder_bytes(folder),
                     "runtime": runtime_for(vocabulary, window_s), "window_s": window_s,
-                    "vocabulary_size": len(vocabulary), **info,
+                    "vocabulary_size": len(vocabulary), **info, "window_rule": rule.to_dict() if rule else None,
                     "versions": {"ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
                                  "transformers": transformers.__version__, "torch": torch.__version__},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

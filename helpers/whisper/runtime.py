@@ -5,6 +5,12 @@ Whisper layout (51865 tokens with timestamps, 30 s window: Breeze-ASR-25) goes t
 ``WhisperModel``; the tiny models (own 1010-token vocabulary without timestamp tokens, 5 s window), whose layout
 faster-whisper's tokenizer logic does not expect, through ``ctranslate2.models.Whisper`` with the prompt
 ``<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>`` read from their own tokenizer.
+
+Short windows: an export of a short-window student (notebook 06, part 2) carries its window rule in ``export.json``
+(``window_rule``), and :func:`transcribe_export` encodes each batch of clips over a window just longer than its
+longest clip (``short_window.WindowRule``), as the student was tuned to. CTranslate2's ``Whisper.encode`` takes the
+shorter features as they are; faster-whisper always pads to 30 s, so the runtime calls ``encode`` and ``generate``
+itself for both layouts. An export without a rule (every other model) runs full windows.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from ..speech.audio import read_recording, read_row
 from .budget import repeats_at_end, token_budget
 from .decode import rtfx
 from .models import no_transformers_bars
+from .short_window import FRAMES_PER_SECOND, WindowRule, window_features
+from .short_window_ct2 import encode
 
 WHISPER_TIMESTAMPS = 1501  # Whisper's timestamp tokens <|0.00|> .. <|30.00|>, right after <|notimestamps|>
 MANIFEST = "export.json"  # what export.export_model writes into every export
@@ -120,21 +128,45 @@ def _waves(audio, sampling_rate: int) -> list[np.ndarray]:
     return [np.asarray(a, np.float32) if isinstance(a, np.ndarray) else read_recording(a, sampling_rate) for a in items]
 
 
+def export_window(export: Export) -> WindowRule | None:
+    """The window rule an export carries (``export.json``'s ``window_rule``, written by ``export.export_model`` from
+    the source's ``window_rule.json``), or ``None``: the export runs full windows."""
+    found = export.manifest.get("window_rule")
+    return None if not found else WindowRule(found["margin_s"], found["floor_s"], found["round_to_s"])
+
+
+def window_to_use(export: Export, window) -> WindowRule | None:
+    """The rule :func:`transcribe_export` applies: ``"auto"`` -> the export's own (:func:`export_window`; ``None``
+    when it has none), ``None`` -> full windows, a ``WindowRule`` -> that rule. Raises ``ValueError`` otherwise."""
+    if isinstance(window, str) and window == "auto":
+        return export_window(export)
+    if window is None or isinstance(window, WindowRule):
+        return window
+    raise ValueError(f"transcribe_export: window must be 'auto', None (full windows) or a WindowRule, got {window!r}")
+
+
 def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 16, max_new_tokens: int | None = None,
-                      threads: int = 0) -> tuple[list[str], dict]:
+                      threads: int = 0, window="auto") -> tuple[list[str], dict]:
     """Greedy transcripts of clips that fit the window, with an export (an :class:`Export`, or its folder, loaded
     with ``threads``). ``audio``: manifest rows (``audio``, optional ``offset``/``duration``), a path, a 1-D array
-    at the model's rate (16 kHz), or a list of paths/arrays. Returns ``(texts, stats)`` in input order; ``stats``
-    as ``decode.transcribe``'s: ``audio_s``, ``compute_s`` (encoder + decoding loop, wall seconds), ``rtfx``,
-    ``encoder_s``, ``decoder_s``, ``decoder_steps`` (per batch, the longest transcript's tokens plus its end),
-    ``decoder_steps_per_s``, ``ms_per_step``, ``outputs`` and ``looped`` (transcripts that filled the batch's
-    decoding budget, ``budget.token_budget`` of its longest clip, or end in a loop). Features are transformers'
-    (audio padded to the window before the
-    log-mel, as in training), not faster-whisper's (log-mel padded afterwards), which the tiny models do not
-    tolerate. An unreadable file raises ``ValueError`` naming it."""
-    import ctranslate2
+    at the model's rate (16 kHz), or a list of paths/arrays. Clips go in batches of ``batch_size``, longest first.
 
+    ``window``: ``"auto"`` (default) applies the export's window rule when ``export.json`` has one (a short-window
+    student's export): each batch is encoded over ``rule.frames_for`` its longest clip, the features computed at the
+    full window and cut (``short_window.window_features``); an export without a rule runs full windows. ``None``
+    forces full windows (long recordings: ``longform.transcribe_long``), a ``short_window.WindowRule`` overrides the
+    export's. A clip as long as the full window or longer always gets the full window.
+
+    Returns ``(texts, stats)`` in input order; ``stats`` as ``decode.transcribe``'s: ``audio_s``, ``compute_s``
+    (encoder + decoding loop, wall seconds), ``rtfx``, ``encoder_s``, ``decoder_s``, ``decoder_steps`` (per batch,
+    the longest transcript's tokens plus its end), ``decoder_steps_per_s``, ``ms_per_step``, ``outputs`` and
+    ``looped`` (transcripts that filled the batch's decoding budget, ``budget.token_budget`` of its longest clip, or
+    end in a loop), and ``window`` (the rule applied, as ``WindowRule.to_dict``, or ``None`` for full windows).
+    Features are transformers' (audio padded to the window before the log-mel, as in training), not
+    faster-whisper's (log-mel padded afterwards), which the tiny models do not tolerate. An unreadable file raises
+    ``ValueError`` naming it."""
     export = export if isinstance(export, Export) else load_export(export, threads=threads)
+    rule = window_to_use(export, window)
     fe = export.features
     waves = _waves(audio, fe.sampling_rate)
     if not waves:
@@ -147,11 +179,13 @@ def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 1
     steps = loops = 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        feats = fe([waves[i] for i in idx], sampling_rate=fe.sampling_rate, return_tensors="np").input_features
+        longest_s = max(len(waves[i]) for i in idx) / fe.sampling_rate
+        frames = fe.nb_max_frames if rule is None else rule.frames_for(longest_s, fe.nb_max_frames, FRAMES_PER_SECOND)
+        feats, _ = window_features(fe, [waves[i] for i in idx], frames)
         t0 = time.perf_counter()
-        encoded = export.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, np.float32)))
+        encoded = encode(export.model, feats)
         t1 = time.perf_counter()
-        budget = token_budget(max(len(waves[i]) for i in idx) / fe.sampling_rate, new)
+        budget = token_budget(longest_s, new)
         # CTranslate2 generates at most max_length / 2 tokens (and max_length minus the prompt)
         results = export.model.generate(encoded, [export.prompt] * len(idx), beam_size=1, max_length=2 * budget)
         t2 = time.perf_counter()
@@ -166,4 +200,4 @@ def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 1
     return texts, {"audio_s": audio_s, "compute_s": compute_s, "rtfx": rtfx(audio_s, max(compute_s, 1e-9)),
                    "encoder_s": encoder_s, "decoder_s": decoder_s, "decoder_steps": steps,
                    "decoder_steps_per_s": steps / max(decoder_s, 1e-9), "ms_per_step": 1000 * compute_s / max(steps, 1),
-                   "outputs": len(waves), "looped": int(loops)}
+                   "outputs": len(waves), "looped": int(loops), "window": None if rule is None else rule.to_dict()}

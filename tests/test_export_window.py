@@ -1,0 +1,133 @@
+"""Exports carry the window rule of a short-window student, and the runtime applies it to clips (issue 27, item 4).
+
+The "short-window student" here is the tiny teacher itself with a ``window_rule.json`` beside it (what notebook 06,
+part 2 writes): the mechanics are the same whatever the weights learnt. Exports are float32, so that a transcript
+can be compared with the transformers model's. What is checked: ``export.json`` records the rule (and the file is
+copied); ``transcribe_export`` encodes each batch over the rule's window (the encoder is watched: fewer frames), and
+over full windows when told ``window=None`` or when the export has no rule; a long recording keeps full windows.
+"""
+import dataclasses
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import config, export
+from helpers.files import read_json, write_json
+from helpers.speech import text
+from helpers.whisper import decode, longform, models, runtime
+from helpers.whisper.short_window import RULE_FILE, WindowRule
+
+RULE = WindowRule(margin_s=0.5, floor_s=1.0, round_to_s=0.5)
+FULL = 500  # the tiny teacher's 5 s window, in log-mel frames
+
+
+class Watched:
+    """A CTranslate2 Whisper whose ``encode`` notes the frames of every batch it is given."""
+
+    def __init__(self, model):
+        self._model, self.frames = model, []
+
+    def encode(self, features, *args, **kwargs):
+        self.frames.append(features.shape[-1])
+        return self._model.encode(features, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def watched(path, threads: int = 2) -> runtime.Export:
+    loaded = runtime.load_export(path, threads=threads)
+    return dataclasses.replace(loaded, model=Watched(loaded.model))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder with the tiny teacher as ``teacher`` and as ``student_kd``, and as ``student_short`` with a
+    window rule; the short one and the teacher exported to float32."""
+    root = tmp_path_factory.mktemp("export_window")
+    for folder in ("teacher", "student_kd", "student_short"):
+        shutil.copytree(config.TINY_TEACHER, root / folder)
+    write_json(root / "student_short" / RULE_FILE, {**RULE.to_dict(), "source": "distilled student",
+                                                    "source_folder": "student_kd"})
+    exports = {name: export.export_model(name, root, quantization="float32") for name in ("teacher", "student_short")}
+    return SimpleNamespace(root=root, exports=exports, teacher=models.load_whisper(root / "teacher"))
+
+
+@pytest.fixture(scope="module")
+def clips(synthetic_run):
+    _, result = synthetic_run
+    return pd.concat([result["test"], result["train"]], ignore_index=True)
+
+
+def test_the_export_records_the_rule(run):
+    short, plain = (read_json(run.exports[name] / "export.json") for name in ("student_short", "teacher"))
+    assert short["window_rule"] == {"margin_s": 0.5, "floor_s": 1.0, "round_to_s": 0.5}
+    assert read_json(run.exports["student_short"] / RULE_FILE)["margin_s"] == 0.5, "copied for plain CTranslate2"
+    assert plain["window_rule"] is None and not (run.exports["teacher"] / RULE_FILE).exists()
+
+
+def test_transcribe_export_applies_the_rule(run, clips):
+    loaded = watched(run.exports["student_short"])
+    texts, stats = runtime.transcribe_export(loaded, clips, batch_size=4)
+    assert stats["window"] == RULE.to_dict()
+    longest = sorted((len(w) / 16_000 for w in runtime._waves(clips, 16_000)), reverse=True)  # batches by length
+    assert loaded.model.frames == [RULE.frames_for(longest[i], FULL) for i in range(0, len(longest), 4)]
+    assert max(loaded.model.frames) < FULL, "the clips (~3 s) get windows shorter than 5 s"
+    # the same windows as the transformers path (decode.transcribe with the rule), in float32 the same text
+    hf, _ = decode.transcribe(run.teacher.model, run.teacher.processor, clips, 4, progress=False, shard=False,
+                              window=RULE)
+    assert text.score(hf, texts)["cer"] <= 5.0
+    loaded.model.frames.clear()
+    full, stats = runtime.transcribe_export(loaded, clips, batch_size=4, window=None)
+    assert stats["window"] is None and set(loaded.model.frames) == {FULL}
+    assert stats["encoder_s"] > 0 and full != texts, "an untuned model reads short windows differently"
+
+
+def test_a_rule_that_gives_full_windows_changes_nothing(run, clips):
+    loaded = runtime.load_export(run.exports["student_short"], threads=2)
+    full, _ = runtime.transcribe_export(loaded, clips, window=None)
+    wide, stats = runtime.transcribe_export(loaded, clips, window=WindowRule(margin_s=5.0, floor_s=0.0,
+                                                                              round_to_s=1.0))
+    assert wide == full and stats["window"]["margin_s"] == 5.0
+
+
+def test_an_export_without_a_rule_runs_full_windows(run, clips):
+    loaded = watched(run.exports["teacher"])
+    texts, stats = runtime.transcribe_export(loaded, clips, batch_size=16)
+    assert stats["window"] is None and set(loaded.model.frames) == {FULL}
+    short, stats = runtime.transcribe_export(loaded, clips, batch_size=16, window=RULE)  # a rule given overrides
+    assert stats["window"] == RULE.to_dict() and max(loaded.model.frames[1:]) < FULL
+    tuned, _ = runtime.transcribe_export(runtime.load_export(run.exports["student_short"], threads=2), clips)
+    assert short == tuned, "the same weights with the same rule"
+    with pytest.raises(ValueError, match="window must be 'auto', None"):
+        runtime.transcribe_export(loaded, clips, window="short")
+
+
+def test_a_clip_longer_than_the_window_keeps_the_full_window(run, clips):
+    loaded = watched(run.exports["student_short"])
+    clip = runtime._waves(clips.head(1), 16_000)[0]
+    _, stats = runtime.transcribe_export(loaded, [np.tile(clip, 3)[: 6 * 16_000]])  # 6 s, the window is 5 s
+    assert loaded.model.frames == [FULL] and stats["window"] == RULE.to_dict()
+
+
+def test_long_recordings_keep_full_windows(run, clips, tmp_path):
+    rec = longform.make_long_recording(clips.head(4), 1.0, tmp_path / "talk.wav")
+    loaded = watched(run.exports["student_short"])
+    long = longform.transcribe_long(loaded, rec.path, out_dir=tmp_path / "short")
+    assert long.method == "pauses" and long.stats["window"] is None and set(loaded.model.frames) == {FULL}
+    plain = longform.transcribe_long(run.exports["teacher"], rec.path, out_dir=tmp_path / "plain", threads=2)
+    assert [s.text for s in long.segments] == [s.text for s in plain.segments], "the rule is ignored"
+
+
+@pytest.mark.parametrize("rule, parameter", [({"margin_s": -1.0, "floor_s": 0.0, "round_to_s": 1.0}, "margin_s"),
+                                             ({"margin_s": 1.0, "floor_s": 9.0, "round_to_s": 1.0}, "floor_s"),
+                                             ({"margin_s": 1.0, "floor_s": 0.0}, "round_to_s")])
+def test_a_bad_rule_is_refused_naming_the_parameter(run, tmp_path, rule, parameter):
+    shutil.copytree(config.TINY_TEACHER, tmp_path / "student_short")
+    write_json(tmp_path / "student_short" / RULE_FILE, rule)
+    with pytest.raises(ValueError, match=parameter):
+        export.export_model(tmp_path / "student_short", out_root=tmp_path / "export", quantization="float32")
+    assert not (tmp_path / "export" / "student_short-ct2-float32").exists()
