@@ -121,11 +121,17 @@ def key_figures(run_dir: Path) -> list[str]:
                      f"(teacher {teacher['test']['cer']:.1f}%)")
     if (m := read_json(run.metrics("student_adalora"))):
         lines.append(f"AdaLoRA student: test CER {m['test_cer_before']:.1f}% -> {m['test_cer_merged']:.1f}% (merged)")
+    if (m := read_json(run.metrics("student_short"))):
+        v = m["valid"]
+        lines.append(f"short-window student ({m['source']}): validation CER {v['full window']['cer']:.1f}% at the "
+                     f"full window, {v['short window, untuned']['cer']:.1f}% short untuned, "
+                     f"{v['short window, tuned']['cer']:.1f}% short tuned")
     if (m := read_json(run.results)):
         for r in m["results"]:
             if r.get("status") == "ok" and r.get("rtfx") is not None:
                 lines.append(f"eval {r['test_set']}: {r['model']} CER {r['cer']:.1f}%, {r['params_M']:.2f}M params, "
-                             f"RTFx {r['rtfx']:.0f} ({r['speed_up']:.2f}x the {m['reference']})")
+                             f"RTFx {r['rtfx']:.0f} ({r['speed_up']:.2f}x the {m['reference']})"
+                             + (f", window {r['window']}" if r.get("window", "full") != "full" else ""))
             elif r.get("status") != "ok":
                 lines.append(f"eval {r['test_set']}: {r['model']} failed ({r['status']})")
         if (spec := m.get("speculative")):
