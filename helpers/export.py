@@ -6,7 +6,7 @@
 ``run_dir/export/<model>-ct2-<quantization>/``, with the files the runtime needs (``tokenizer.json``,
 ``preprocessor_config.json``) and ``export.json`` (source, its SHA-256, sizes, versions, and the window rule of a
 short-window student, which the runtime then applies to clips). :func:`compare_exports` puts exports beside the
-transformers model for notebook 07. Running an export (``load_export``,
+transformers model for notebook 07; :func:`ship` is notebook 07's shipping step. Running an export (``load_export``,
 ``transcribe_export``, ``transcribe_long`` for recordings of any length) lives in :mod:`helpers.whisper.longform` and is
 importable from here too.
 
@@ -35,7 +35,7 @@ from .speech.text import cer, score
 from .whisper.decode import transcribe
 from .whisper.longform import LongRecording, Segment, transcribe_long
 from .whisper.models import LoadedWhisper, load_whisper, no_transformers_bars
-from .whisper.runtime import MANIFEST, Export, load_export, runtime_for, transcribe_export
+from .whisper.runtime import MANIFEST, Export, load_export, runtime_for, transcribe_export, window_to_use
 from .whisper.short_window import RULE_FILE, WindowRule
 
 QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
@@ -234,21 +234,47 @@ def export_model(model: str | Path, run_dir: str | Path | None = None, *, quanti
 # ---------------------------------------------------------------------------------------------
 # Side by side with the transformers model (notebook 07), and the command line
 # ---------------------------------------------------------------------------------------------
+def window_text(rule: WindowRule | None) -> str:
+    """A window rule for a table: ``"margin 0.5 s, floor 1 s"``, or ``"full"`` for the model's full window."""
+    return "full" if rule is None else f"margin {rule.margin_s:g} s, floor {rule.floor_s:g} s"
+
+
+def _contenders(models: dict, threads: int) -> dict[str, tuple[LoadedWhisper | Export, WindowRule | None]]:
+    """name -> ``(model, window rule or None)`` of :func:`compare_exports`' ``models``: exports loaded with
+    ``threads``, and the window each runs with (an export's own rule unless one is given; transformers: full
+    unless one is given)."""
+    out = {}
+    for name, given in models.items():
+        m, window = given if isinstance(given, tuple) else (given, "auto")
+        if isinstance(m, Export) and m.threads != threads:
+            raise ValueError(f"export {name!r} was loaded with {m.threads} threads, the comparison runs with "
+                             f"{threads}: load it with threads={threads} or pass its folder")
+        m = m if isinstance(m, (LoadedWhisper, Export)) else load_export(m, threads=threads)
+        if isinstance(m, LoadedWhisper):
+            out[name] = (m, None if isinstance(window, str) and window == "auto" else window)
+        else:
+            out[name] = (m, window_to_use(m, window))
+    return out
+
+
 def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None = None, batch_size: int = 16,
                     rounds: int = 3, warmup: int = 2, threads: int | None = None,
                     fold: str | None = "t2s") -> pd.DataFrame:
     """Accuracy, speed and size of transformers models and exports on the same clips ``rows``, side by side.
 
-    ``models`` maps a name to a ``LoadedWhisper``, an :class:`Export` or an export folder. All run with the same
-    ``threads`` (default: torch's current count; torch is set to it for the duration, exports are loaded with it),
-    take turns for ``rounds`` timing rounds after ``warmup`` untimed clips each, on the same batches. Returns one
-    row per model: ``runtime``, ``quantization``, ``size_mb`` (MB: a transformers model's weights in the dtype it
-    runs in, i.e. its safetensors saved so; an export's folder on disk), ``cer``/``wer``/``mer``/``exact_match`` against
-    ``rows["text"]`` (``text.score`` with ``fold``), ``cer_vs_reference`` (against the ``reference`` model's
-    transcripts), ``rtfx`` and ``compute_s`` (median of the rounds) with their ``_min``/``_max``, ``encoder_s`` and
-    ``decoder_s`` (median), ``speed_up`` (median RTFx over the reference's; ``reference`` defaults to the first
-    model) and ``predictions``. Raises ``ValueError`` for an unknown ``reference`` or an export loaded with other
-    threads.
+    ``models`` maps a name to a ``LoadedWhisper``, an :class:`Export` or an export folder, or to a tuple
+    ``(model, window)`` with ``window`` a ``short_window.WindowRule`` (short windows) or None (full windows). An
+    export whose ``export.json`` carries a window rule (a short-window student's) runs it unless a window is given;
+    a transformers model runs full windows unless one is given. All run with the same ``threads`` (default:
+    torch's current count; torch is set to it for the duration, exports are loaded with it), take turns for
+    ``rounds`` timing rounds after ``warmup`` untimed clips each, on the same batches. Returns one row per model:
+    ``runtime``, ``quantization``, ``window`` (:func:`window_text`), ``size_mb`` (MB: a transformers model's
+    weights in the dtype it runs in, i.e. its safetensors saved so; an export's folder on disk),
+    ``cer``/``wer``/``mer``/``exact_match`` against ``rows["text"]`` (``text.score`` with ``fold``),
+    ``cer_vs_reference`` (against the ``reference`` model's transcripts), ``rtfx`` and ``compute_s`` (median of
+    the rounds) with their ``_min``/``_max``, ``encoder_s`` and ``decoder_s`` (median), ``speed_up`` (median RTFx
+    over the reference's; ``reference`` defaults to the first model) and ``predictions``. Raises ``ValueError``
+    for an unknown ``reference`` or an export loaded with other threads.
     """
     import torch
 
@@ -256,56 +282,72 @@ def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None =
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models: {', '.join(models)}")
     threads = threads or torch.get_num_threads()
-    loaded = {}
-    for name, m in models.items():
-        if isinstance(m, Export) and m.threads != threads:
-            raise ValueError(f"export {name!r} was loaded with {m.threads} threads, the comparison runs with "
-                             f"{threads}: load it with threads={threads} or pass its folder")
-        loaded[name] = m if isinstance(m, (LoadedWhisper, Export)) else load_export(m, threads=threads)
+    loaded = _contenders(models, threads)
 
-    def run(m, clips):
+    def run(m, rule, clips):
         if isinstance(m, LoadedWhisper):
-            return lambda: transcribe(m.model, m.processor, clips, batch_size, progress=False, shard=False)
-        return lambda: transcribe_export(m, clips, batch_size=batch_size)
+            return lambda: transcribe(m.model, m.processor, clips, batch_size, progress=False, shard=False,
+                                      window=rule)
+        return lambda: transcribe_export(m, clips, batch_size=batch_size, window=rule)
 
     was = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:  # the models take turns: a disturbance on the machine hits them alike
-        timed = take_turns({name: run(m, rows) for name, m in loaded.items()}, max(1, rounds),
-                           warmup={name: run(m, rows.head(warmup)) for name, m in loaded.items()},
+        timed = take_turns({name: run(*mr, rows) for name, mr in loaded.items()}, max(1, rounds),
+                           warmup={name: run(*mr, rows.head(warmup)) for name, mr in loaded.items()},
                            seconds=lambda out: out[1]["compute_s"])
     finally:
         torch.set_num_threads(was)
-    refs, table = rows["text"].tolist(), {}
-    for name, m in loaded.items():
-        preds, median = timed[name].median_output  # greedy: every round gives the same text
-        hf = isinstance(m, LoadedWhisper)
-        size = sum(p.numel() * p.element_size() for p in m.model.parameters()) if hf else folder_bytes(m.path)
-        table[name] = {"runtime": "transformers" if hf else m.manifest["runtime"],
-                       "quantization": str(m.model.dtype).removeprefix("torch.") if hf else m.manifest["quantization"],
-                       "size_mb": size / 1e6, **score(refs, preds, fold=fold),
-                       "cer_vs_reference": score(timed[reference].outputs[0][0], preds, fold=fold)["cer"],
-                       "rtfx": median["audio_s"] / timed[name].median, "rtfx_min": median["audio_s"] / timed[name].max,
-                       "rtfx_max": median["audio_s"] / timed[name].min, "compute_s": timed[name].median,
-                       "compute_s_min": timed[name].min, "compute_s_max": timed[name].max,
-                       "encoder_s": median["encoder_s"], "decoder_s": median["decoder_s"], "predictions": preds}
+    table = {name: _table_row(m, rule, timed[name], timed[reference], rows["text"].tolist(), fold)
+             for name, (m, rule) in loaded.items()}
     out = pd.DataFrame.from_dict(table, orient="index")
     out["speed_up"] = out["rtfx"] / out.loc[reference, "rtfx"]
     return out
+
+
+def _table_row(m: LoadedWhisper | Export, rule: WindowRule | None, timed, reference, refs: list[str],
+               fold: str | None) -> dict:
+    """One row of :func:`compare_exports`: the model ``m`` run with ``rule``, its rounds ``timed`` (a
+    ``figures.timing.Timed`` of ``(texts, stats)``), the ``reference``'s rounds, the reference texts ``refs``."""
+    preds, median = timed.median_output  # greedy: every round gives the same text
+    hf = isinstance(m, LoadedWhisper)
+    size = sum(p.numel() * p.element_size() for p in m.model.parameters()) if hf else folder_bytes(m.path)
+    return {"runtime": "transformers" if hf else m.manifest["runtime"],
+            "quantization": str(m.model.dtype).removeprefix("torch.") if hf else m.manifest["quantization"],
+            "window": window_text(rule), "size_mb": size / 1e6, **score(refs, preds, fold=fold),
+            "cer_vs_reference": score(reference.outputs[0][0], preds, fold=fold)["cer"],
+            "rtfx": median["audio_s"] / timed.median, "rtfx_min": median["audio_s"] / timed.max,
+            "rtfx_max": median["audio_s"] / timed.min, "compute_s": timed.median,
+            "compute_s_min": timed.min, "compute_s_max": timed.max,
+            "encoder_s": median["encoder_s"], "decoder_s": median["decoder_s"], "predictions": preds}
 
 
 def ship(run_dir: str | Path, student: str, rows: pd.DataFrame, quantizations=("int8", "float32"),
          batch_size: int = 16, rounds: int = 3, fold: str | None = "t2s") -> tuple[dict[str, Path], pd.DataFrame]:
     """Notebook 07's shipping step: export the ``student`` stage of ``run_dir`` (a stage name of ``files.STAGES``)
     with each of ``quantizations``, then measure the transformers teacher, the transformers student and the
-    exports side by side on ``rows`` (:func:`compare_exports`, the teacher as reference). Returns
-    ``({quantization: export folder}, table)``."""
+    exports side by side on ``rows`` (:func:`compare_exports`, the teacher as reference).
+
+    When the run has a short-window student (``run_dir/student_short``, notebook 06 part 2), it is exported too,
+    with the first of ``quantizations``, and two more rows join: ``"short-window student (CTranslate2 <q>, short
+    window)"`` (its export runs the window rule it carries) and ``"<student> (CTranslate2 <q>, short window,
+    untuned)"``: ``student``'s own export run over the same short windows, so that a learner sees why tuning is
+    needed (notebook 06 tunes the student chosen on validation, ``files.best_student``, which notebook 07 ships: the
+    untuned row is then the tuned student's own starting point). Returns ``({quantization: export folder, plus
+    "short-window <q>" for the short-window student}, table)``."""
     run = RunDir(run_dir)
     source = run.stage(student)
     exports = {q: export_model(source.name, run.root, quantization=q) for q in quantizations}
     contenders = {"fine-tuned teacher (transformers fp32)": load_whisper(run.teacher),
                   f"{student} (transformers fp32)": load_whisper(source),
                   **{f"{student} (CTranslate2 {q})": folder for q, folder in exports.items()}}
+    if (run.student_short / "config.json").exists():
+        q = next(iter(quantizations))
+        short = exports[f"short-window {q}"] = export_model(run.student_short.name, run.root, quantization=q)
+        contenders[f"short-window student (CTranslate2 {q}, short window)"] = short
+        rule = read_window_rule(run.student_short)
+        if rule is not None:
+            contenders[f"{student} (CTranslate2 {q}, short window, untuned)"] = (exports[q], rule)
     table = compare_exports(contenders, rows, reference=next(iter(contenders)), batch_size=batch_size,
                             rounds=rounds, fold=fold)
     return exports, table

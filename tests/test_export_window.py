@@ -4,7 +4,8 @@ The "short-window student" here is the tiny teacher itself with a ``window_rule.
 part 2 writes): the mechanics are the same whatever the weights learnt. Exports are float32, so that a transcript
 can be compared with the transformers model's. What is checked: ``export.json`` records the rule (and the file is
 copied); ``transcribe_export`` encodes each batch over the rule's window (the encoder is watched: fewer frames), and
-over full windows when told ``window=None`` or when the export has no rule; a long recording keeps full windows.
+over full windows when told ``window=None`` or when the export has no rule; a long recording keeps full windows;
+``compare_exports`` takes ``(model, rule)`` and says which window each row ran; ``ship`` adds the short-window rows.
 """
 import dataclasses
 import shutil
@@ -131,3 +132,25 @@ def test_a_bad_rule_is_refused_naming_the_parameter(run, tmp_path, rule, paramet
     with pytest.raises(ValueError, match=parameter):
         export.export_model(tmp_path / "student_short", out_root=tmp_path / "export", quantization="float32")
     assert not (tmp_path / "export" / "student_short-ct2-float32").exists()
+
+
+def test_compare_exports_says_which_window(run, clips):
+    table = export.compare_exports({"teacher": run.teacher, "teacher short": (run.teacher, RULE),
+                                    "short export": run.exports["student_short"],
+                                    "short export full": (run.exports["student_short"], None)},
+                                   clips.head(6), rounds=1, warmup=1, threads=2)
+    assert list(table["window"]) == ["full", "margin 0.5 s, floor 1 s", "margin 0.5 s, floor 1 s", "full"]
+    assert text.score(table.loc["teacher", "predictions"], table.loc["short export full", "predictions"])["cer"] <= 5
+    assert text.score(table.loc["teacher short", "predictions"], table.loc["short export", "predictions"])["cer"] <= 5
+
+
+def test_ship_adds_the_short_window_rows(run, clips):
+    exports, table = export.ship(run.root, "distilled student", clips.head(4), ("float32",), rounds=1)
+    assert exports["short-window float32"] == run.exports["student_short"]
+    assert list(table.index) == ["fine-tuned teacher (transformers fp32)", "distilled student (transformers fp32)",
+                                 "distilled student (CTranslate2 float32)",
+                                 "short-window student (CTranslate2 float32, short window)",
+                                 "distilled student (CTranslate2 float32, short window, untuned)"]
+    assert list(table["window"]) == ["full"] * 3 + ["margin 0.5 s, floor 1 s"] * 2
+    # here both students are the teacher's weights: the untuned row reads what the "tuned" one reads
+    assert table["predictions"].iloc[3] == table["predictions"].iloc[4]
