@@ -47,15 +47,19 @@ def read_audio(path: str | Path, sampling_rate: int = SAMPLING_RATE, offset: flo
 
 def read_recording(path: str | Path, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """The samples of the recording ``path`` (mono, ``sampling_rate`` Hz); ``FileNotFoundError`` or ``ValueError``
-    naming the file when it is missing or not audio."""
+    naming the file when it is missing, not audio, or holds NaN or infinite samples."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
     try:
-        return read_audio(path, sampling_rate)
+        audio = read_audio(path, sampling_rate)
     except Exception as err:  # soundfile says why; keep its words, name the file
         raise ValueError(f"{path}: cannot read the audio file ({str(err).splitlines()[0][:120]}); give a wav, flac, "
                          "ogg or mp3 file") from err
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{path}: the audio holds {int((~np.isfinite(audio)).sum())} NaN or infinite samples (a "
+                         "float file written from a failed computation?); write it again, e.g. as 16-bit PCM")
+    return audio
 
 
 def read_row(row: dict, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
@@ -124,9 +128,33 @@ def _frame_sizes(sampling_rate: int, frame_s: float, hop_s: float) -> tuple[int,
     return max(16, int(round(frame_s * sampling_rate))), max(1, int(round(hop_s * sampling_rate)))
 
 
+def local_sound_spans(audio: np.ndarray, sampling_rate: int, floor_window_s: float, *, top_db: float = 35.0,
+                      noise_margin_db: float = 10.0, silence_dbfs: float = -60.0, frame_s: float = 0.032,
+                      hop_s: float = 0.008) -> list[tuple[int, int]]:
+    """Stretches of sound ``[(start, end), ...]`` (sample indices) when the background changes along the recording:
+    as :func:`sound_threshold_db`, but each frame's noise floor is the 5th percentile of the frames within
+    ``floor_window_s`` seconds around it, so a pause in loud noise is a pause even where another stretch of the
+    recording is quiet. ``[]`` when no frame is louder than ``silence_dbfs``."""
+    import librosa
+    from scipy.ndimage import percentile_filter
+
+    frame, hop = _frame_sizes(sampling_rate, frame_s, hop_s)
+    db = 20 * np.log10(np.maximum(_frame_rms(audio, sampling_rate, frame_s, hop_s, librosa), 1e-10))
+    sounding = db > silence_dbfs
+    if not sounding.any():
+        return []
+    loudness = float(np.percentile(db[sounding], 95))
+    floor = percentile_filter(db, 5, size=max(1, int(round(floor_window_s / hop_s))), mode="nearest")
+    threshold = np.maximum(np.maximum(loudness - top_db, np.minimum(floor + noise_margin_db,
+                                                                    loudness - MIN_CONTRAST_DB)), silence_dbfs)
+    edges = np.flatnonzero(np.diff(np.r_[0, (db > threshold).astype(np.int8), 0]))
+    return [(min(s * hop, len(audio)), min(e * hop + frame - hop, len(audio))) for s, e in edges.reshape(-1, 2)]
+
+
 def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overlap_s: float = 0.5, pad_s: float = 0.2,
                   top_db: float = 35.0, noise_margin_db: float = 10.0, silence_dbfs: float = -60.0,
-                  frame_s: float = 0.032, hop_s: float = 0.008) -> list[tuple[float, float]]:
+                  frame_s: float = 0.032, hop_s: float = 0.008, floor_window_s: float | None = None,
+                  cut_pause_s: float | None = None) -> list[tuple[float, float]]:
     """Cut a long mono recording into pieces of at most ``max_s`` seconds, at pauses; returns ``[(start, end), ...]``
     in seconds from the start of ``audio`` (``sampling_rate`` Hz samples), in order.
 
@@ -135,8 +163,11 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
        sound, found with ``librosa.effects.split``. A recording without a frame above ``silence_dbfs`` gives ``[]``.
     2. Cuts: a stretch of sound (with its inner pauses) longer than ``max_s`` is cut at its longest pause, and the
        halves likewise, until every piece fits; so the pieces end where the speaker pauses longest.
+       With ``floor_window_s`` the noise floor is local (:func:`local_sound_spans`): for recordings whose
+       background changes (another room, another microphone).
     3. Merging: neighbouring pieces are joined while the joined piece still fits in ``max_s`` (fewer, longer
-       pieces: more context for the model, fewer calls).
+       pieces: more context for the model, fewer calls); with ``cut_pause_s``, never across a pause of at least
+       that many seconds (every such pause ends a piece: for models that learnt from one sentence at a time).
     4. A stretch with no pause at all that is longer than ``max_s`` is split hard into equal pieces of at most
        ``max_s`` that overlap by ``overlap_s`` seconds (a word on the cut is then heard whole in one of them; its
        text may come out twice).
@@ -147,8 +178,6 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
     ``read_audio(path, sampling_rate, offset=start, duration=end - start)``. Raises ``ValueError`` naming the
     parameter when ``audio`` is not 1-D, ``max_s`` is not positive or ``overlap_s`` is not in [0, max_s / 2).
     """
-    import librosa
-
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"cut_at_pauses: audio must be mono (1-D), got shape {audio.shape}; average the channels "
@@ -158,18 +187,19 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
     if not 0 <= overlap_s < max_s / 2:
         raise ValueError(f"cut_at_pauses: overlap_s must be >= 0 and below max_s / 2 ({max_s / 2:g} s), "
                          f"got {overlap_s}")
-    threshold = sound_threshold_db(audio, sampling_rate, top_db=top_db, noise_margin_db=noise_margin_db,
-                                   silence_dbfs=silence_dbfs, frame_s=frame_s, hop_s=hop_s) if audio.size else None
-    if threshold is None:
-        return []
-    frame, hop = _frame_sizes(sampling_rate, frame_s, hop_s)
-    peak = max(float(_frame_rms(audio, sampling_rate, frame_s, hop_s, librosa).max()), 1e-10)  # split's reference
-    spans = [(int(s), int(e)) for s, e in librosa.effects.split(
-        audio, top_db=20 * np.log10(peak) - threshold, ref=peak, frame_length=frame, hop_length=hop) if e > s]
+    levels = {"top_db": top_db, "noise_margin_db": noise_margin_db, "silence_dbfs": silence_dbfs, "frame_s": frame_s,
+              "hop_s": hop_s}
+    spans = _sound_spans(audio, sampling_rate, floor_window_s, levels) if audio.size else []
     if not spans:
         return []
     max_n = int(np.floor(max_s * sampling_rate))
-    pieces = _merge(_cut_longest_pause(spans, max_n), max_n)
+    runs, gap_n = [[spans[0]]], cut_pause_s * sampling_rate if cut_pause_s else np.inf
+    for span in spans[1:]:  # runs of sound between pauses of at least cut_pause_s, which always end a piece
+        if span[0] - runs[-1][-1][1] >= gap_n:
+            runs.append([span])
+        else:
+            runs[-1].append(span)
+    pieces = [piece for run in runs for piece in _merge(_cut_longest_pause(run, max_n), max_n)]
     out = []
     for (start, end), hard in pieces:
         if hard:
@@ -178,6 +208,23 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
             out.append((start, end))
     return [(s / sampling_rate, e / sampling_rate) for s, e in _pad(out, max_n, int(round(pad_s * sampling_rate)),
                                                                    len(audio))]
+
+
+def _sound_spans(audio: np.ndarray, sampling_rate: int, floor_window_s: float | None,
+                 levels: dict) -> list[tuple[int, int]]:
+    """Stretches of sound (sample indices): over :func:`sound_threshold_db` (with ``librosa.effects.split``), or
+    over a local floor with ``floor_window_s`` (:func:`local_sound_spans`)."""
+    import librosa
+
+    if floor_window_s:
+        return [(s, e) for s, e in local_sound_spans(audio, sampling_rate, floor_window_s, **levels) if e > s]
+    threshold = sound_threshold_db(audio, sampling_rate, **levels)
+    if threshold is None:
+        return []
+    frame, hop = _frame_sizes(sampling_rate, levels["frame_s"], levels["hop_s"])
+    peak = max(float(_frame_rms(audio, sampling_rate, levels["frame_s"], levels["hop_s"], librosa).max()), 1e-10)
+    return [(int(s), int(e)) for s, e in librosa.effects.split(  # peak: split's reference level
+        audio, top_db=20 * np.log10(peak) - threshold, ref=peak, frame_length=frame, hop_length=hop) if e > s]
 
 
 def _cut_longest_pause(spans: list[tuple[int, int]], max_n: int) -> list[tuple[tuple[int, int], bool]]:
