@@ -11,16 +11,14 @@ CTranslate2 export (:class:`Export`, made by ``export.export_model``), and goes 
   cannot say where it is in its window: the recording is cut at pauses into pieces that fit
   (``audio.cut_at_pauses``), each piece is transcribed on its own and its place gives its segment's times.
 
-:mod:`helpers.whisper.runtime` loads and runs the exports; :func:`make_long_recording` builds a test recording
-from clips.
+:mod:`helpers.whisper.runtime` loads and runs the exports; ``speech.recordings`` builds recordings from clips
+(``make_long_recording``, importable from here too, and ``make_recordings``).
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +26,8 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..files import atomic_write, shown
-from ..speech.audio import SAMPLING_RATE, cut_at_pauses, read_recording, read_row
+from ..speech.audio import SAMPLING_RATE, cut_at_pauses, read_recording
+from ..speech.recordings import LongRecording, make_long_recording  # noqa: F401  (made there, long used from here)
 from .budget import RepetitionGuard, token_budget
 from .decode import transcribe
 from .models import LoadedWhisper, quiet_generation, window_seconds
@@ -65,15 +64,6 @@ class LongTranscript:
         return " ".join(s.text for s in self.segments if s.text)
 
 
-class LongRecording(NamedTuple):
-    """A recording made by :func:`make_long_recording`: its ``path``, the ``reference`` transcript (the clips'
-    texts joined by spaces) and ``clips``, one row per clip: ``start`` and ``end`` (seconds into the recording),
-    ``text``, ``audio`` (the clip it came from)."""
-    path: Path
-    reference: str
-    clips: pd.DataFrame
-
-
 def count_timestamp_tokens(vocabulary_size: int, no_timestamps_id: int | None) -> int:
     """How many timestamp tokens a Whisper vocabulary of ``vocabulary_size`` ids has: the ids after
     ``<|notimestamps|>`` (``no_timestamps_id``; ``None`` when the vocabulary lacks it: 0)."""
@@ -89,13 +79,14 @@ def has_timestamp_tokens(loaded: LoadedWhisper) -> bool:
 
 
 def pieces(path: str | Path, window_s: float, *, sampling_rate: int = SAMPLING_RATE, overlap_s: float = 0.5,
-           pad_s: float = 0.2, audio: np.ndarray | None = None) -> pd.DataFrame:
+           pad_s: float = 0.2, audio: np.ndarray | None = None, cut: dict | None = None) -> pd.DataFrame:
     """The recording ``path`` cut at pauses into pieces of at most ``window_s`` seconds (``audio.cut_at_pauses``
     with ``overlap_s`` and ``pad_s``), as manifest rows: ``audio`` (the path), ``offset`` and ``duration``
     (seconds), ``text`` (empty), ``split`` ``"unlabelled"``. ``audio``: the recording's samples at
-    ``sampling_rate`` when already read. An empty table when the recording is silent."""
+    ``sampling_rate`` when already read; ``cut``: more keyword arguments of ``cut_at_pauses`` (``floor_window_s``,
+    ``cut_pause_s``...). An empty table when the recording is silent."""
     samples = read_recording(path, sampling_rate) if audio is None else audio
-    spans = cut_at_pauses(samples, sampling_rate, window_s, overlap_s=overlap_s, pad_s=pad_s)
+    spans = cut_at_pauses(samples, sampling_rate, window_s, overlap_s=overlap_s, pad_s=pad_s, **(cut or {}))
     return pd.DataFrame({"audio": str(path), "offset": [s for s, _ in spans], "duration": [e - s for s, e in spans],
                          "text": "", "split": "unlabelled"}, columns=["audio", "offset", "duration", "text", "split"])
 
@@ -129,21 +120,22 @@ def write_transcript(segments: list[Segment], audio_path: str | Path,
 def transcribe_long(model: LoadedWhisper | Export | str | Path, path: str | Path, *, out_dir: str | Path | None = None,
                     method: str = "auto", batch_size: int = 8, max_new_tokens: int | None = None,
                     condition_on_previous_text: bool = False, overlap_s: float = 0.5, pad_s: float = 0.2,
-                    threads: int = 0) -> LongTranscript:
+                    threads: int = 0, cut: dict | None = None) -> LongTranscript:
     """Transcribe the recording ``path`` (any length) with ``model`` (a ``LoadedWhisper``, an :class:`Export` or an
     export folder, loaded with ``threads``); write ``.srt`` and ``.txt`` beside it (or into ``out_dir``) and return
     a :class:`LongTranscript`.
 
     ``method``: ``"timestamps"`` (transformers only; the vocabulary must have timestamp tokens), ``"vad"``
-    (standard-layout exports only), ``"pauses"`` (any model; ``overlap_s``, ``pad_s``: see
-    ``audio.cut_at_pauses``; pieces go in batches of ``batch_size``), or ``"auto"``: the first of these the model
-    can do. ``max_new_tokens`` caps each window's or piece's transcript. ``condition_on_previous_text`` (timestamps
-    only; vad never does) feeds each window the text of the one before. It is off because distilled students,
-    with their 2-layer decoders, take that text as something to continue and hallucinate after the first window
-    (Distil-Whisper's README advises against it); a teacher may turn it on. Every window and piece is encoded over
-    the model's full window, also with a short-window student's export (its window rule is for clips people record:
-    short windows in long-form decoding have cost one language's WER 4 % -> 85 % in a public report). Raises
-    ``ValueError`` for a method the model cannot do, and the errors of :func:`read_recording`.
+    (standard-layout exports only), ``"pauses"`` (any model; ``overlap_s``, ``pad_s``: see ``audio.cut_at_pauses``,
+    and ``cut`` its other keyword arguments; pieces go in batches of ``batch_size``), or ``"auto"``: the first of
+    these the model can do. ``max_new_tokens`` caps each window's or piece's transcript.
+    ``condition_on_previous_text`` (timestamps only; vad never does) feeds each window the text of the one before.
+    It is off because distilled students, with their 2-layer decoders, take that text as something to continue and
+    hallucinate after the first window (Distil-Whisper's README advises against it); a teacher may turn it on. Every
+    window and piece is encoded over the model's full window, also with a short-window student's export (its window
+    rule is for clips people record: short windows in long-form decoding have cost one language's WER 4 % -> 85 % in
+    a public report). Raises ``ValueError`` for a method the model cannot do, and the errors of
+    :func:`read_recording`.
     """
     export = model if isinstance(model, (LoadedWhisper, Export)) else load_export(model, threads=threads)
     hf = isinstance(export, LoadedWhisper)
@@ -167,7 +159,7 @@ def transcribe_long(model: LoadedWhisper | Export | str | Path, path: str | Path
         segments = [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in found]
     else:
         rows = pieces(path, window_seconds(fe), sampling_rate=fe.sampling_rate, overlap_s=overlap_s, pad_s=pad_s,
-                      audio=audio)
+                      audio=audio, cut=cut)
         if len(rows) and hf:
             texts, stats = transcribe(export.model, export.processor, rows, batch_size, max_new_tokens=max_new_tokens,
                                       progress=False, shard=False)
@@ -209,38 +201,3 @@ def _timestamp_segments(loaded: LoadedWhisper, audio: np.ndarray, max_new_tokens
     return [Segment(round(float(s["start"]), 3), round(float(s["end"]), 3),
                     loaded.tokenizer.decode([t for t in s["tokens"].tolist() if t < eot]).strip())
             for s in out["segments"][0]]
-
-
-def make_long_recording(rows: pd.DataFrame, pause_s: float | tuple[float, float], out_path: str | Path, *,
-                        sampling_rate: int = SAMPLING_RATE, seed: int = 0) -> LongRecording:
-    """Concatenate the clips of the manifest ``rows`` (in order) into one recording with silence between them, and
-    write it to ``out_path`` (16-bit PCM, ``sampling_rate`` Hz; format from the suffix, e.g. ``.wav``).
-
-    ``pause_s``: the seconds of silence between two clips, or ``(low, high)`` for pauses drawn uniformly from that
-    range with ``seed``. Returns a :class:`LongRecording`: the path, the reference (the clips' texts joined by
-    spaces) and each clip's place in the recording. Raises ``ValueError`` for no rows or a negative pause.
-    """
-    import soundfile as sf
-
-    if len(rows) == 0:
-        raise ValueError("make_long_recording: the manifest has no rows")
-    low, high = (pause_s, pause_s) if np.isscalar(pause_s) else pause_s
-    if not 0 <= low <= high:
-        raise ValueError(f"make_long_recording: pause_s must be >= 0 seconds (or a range low <= high), got {pause_s}")
-    rng = random.Random(seed)
-    parts, clips, at = [], [], 0
-    for i, rec in enumerate(rows.to_dict("records")):
-        if i:
-            gap = int(round(rng.uniform(low, high) * sampling_rate))
-            parts.append(np.zeros(gap, np.float32))
-            at += gap
-        clip = read_row(rec, sampling_rate)
-        parts.append(clip)
-        clips.append({"start": at / sampling_rate, "end": (at + len(clip)) / sampling_rate,
-                      "text": rec["text"] if isinstance(rec.get("text"), str) else "", "audio": rec["audio"]})
-        at += len(clip)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(out_path, np.clip(np.concatenate(parts), -1.0, 1.0), sampling_rate, subtype="PCM_16")
-    table = pd.DataFrame(clips)
-    return LongRecording(out_path, " ".join(t for t in table["text"] if t), table)
