@@ -33,6 +33,19 @@ from .runtime import MANIFEST, Export, load_export, transcribe_export
 
 TOLERANCE_S = 0.5  # a true clip boundary counts as found when a segment starts or ends within this many seconds
 
+# The settings of the long-form path tried on valid recordings (try_settings), name -> transcribe_long's arguments.
+CANDIDATES = {
+    "as before: global floor, merge": {},
+    "local floor 3 s": {"cut": {"floor_window_s": 3.0}},
+    "local floor 3 s, cut at 0.3 s pauses": {"cut": {"floor_window_s": 3.0, "cut_pause_s": 0.3}},
+    "local floor 1 s, cut at 0.3 s pauses": {"cut": {"floor_window_s": 1.0, "cut_pause_s": 0.3}},
+    "local floor 3 s, cut at 0.3 s, pad 0.1 s": {"pad_s": 0.1, "cut": {"floor_window_s": 3.0, "cut_pause_s": 0.3}},
+    "local floor 3 s, cut at 0.3 s, pad 0.3 s": {"pad_s": 0.3, "cut": {"floor_window_s": 3.0, "cut_pause_s": 0.3}},
+}
+# Chosen on valid recordings (not yet measured with the trained student: see the issue 25 report); until then the
+# long-form path's own defaults.
+CHOSEN: dict = {}
+
 
 @dataclass
 class LongMeasure:
