@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -49,6 +48,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import student  # noqa: E402
+from helpers.figures.machine import describe_machine  # noqa: E402
 from helpers.figures.timing import take_turns  # noqa: E402
 from helpers.whisper import models  # noqa: E402
 
@@ -133,20 +133,8 @@ def ct2_decode(model, encoded, batch: int, new_tokens: int):
 
 
 def machine(threads: int) -> dict:
-    """What ran the bench: CPU model, cores, memory, threads, versions, load."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    try:
-        import psutil
-
-        memory_gb = round(psutil.virtual_memory().total / 2 ** 30, 1)
-    except ImportError:
-        memory_gb = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "threads": threads,
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "ctranslate2": ctranslate2.__version__, "compute_types": sorted(ctranslate2.get_supported_compute_types(
-                "cpu")), "load_average_start": os.getloadavg()}
+    """What ran the bench (``helpers.figures.machine``), with the compute types CTranslate2 offers on this CPU."""
+    return {**describe_machine(threads), "compute_types": sorted(ctranslate2.get_supported_compute_types("cpu"))}
 
 
 def workloads(teacher, small, ct2: dict, features: np.ndarray, new_tokens: int, quantizations: list[str]) -> dict:

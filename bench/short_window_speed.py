@@ -39,7 +39,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import student  # noqa: E402
+from helpers.figures.machine import describe_machine  # noqa: E402
 from helpers.figures.timing import Timed, take_turns  # noqa: E402
 from helpers.whisper import models, short_window, short_window_ct2  # noqa: E402
 
@@ -262,29 +262,8 @@ def measure(args, shape: str, device: torch.device, dtype: torch.dtype, rule) ->
 
 
 def machine(args, device: torch.device) -> dict:
-    """What ran the bench: CPU or GPU, cores, memory, threads, versions, load, the note."""
-    import transformers
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    try:
-        import psutil
-
-        memory_gb = round(psutil.virtual_memory().total / 2 ** 30, 1)
-    except ImportError:
-        memory_gb = None
-    try:
-        import ctranslate2
-
-        ct2_version = ctranslate2.__version__
-    except ImportError:
-        ct2_version = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "threads": args.threads,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "ctranslate2": ct2_version, "note": args.note,
-            "load_average_start": os.getloadavg()}
+    """What ran the bench (``helpers.figures.machine``), with the note."""
+    return {**describe_machine(args.threads, device.type), "note": args.note}
 
 
 def parse(argv=None):
