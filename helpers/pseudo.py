@@ -248,6 +248,8 @@ def run_phase(p) -> dict:
 
 
 FILTER_PARAMETERS = {"filtered: CER above threshold": "cer_threshold (percent; higher keeps more)",
+                     "filtered: repetition loop": "no parameter: the teacher repeats itself, fine-tune it first",
+                     "filtered: empty output": "no parameter: the teacher wrote nothing, fine-tune it first",
                      "filtered: low confidence": "min_avg_logprob (lower keeps more), or confidence_filter = False",
                      "filtered: no speech": "max_no_speech_prob (higher keeps more), or confidence_filter = False"}
 

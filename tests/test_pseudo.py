@@ -153,3 +153,12 @@ def test_pseudo_labelling_scores_confidence_as_the_teacher_decodes(synthetic_run
     for variant in (said, torch.cat([prefix, said], 1), torch.cat([said, torch.full((1, 3), eos)], 1)):
         again, _ = sequence_confidence(teacher.model, hidden, variant, prompt, eos)
         assert float(again[0]) == pytest.approx(float(logprob[0]), abs=1e-6)
+
+
+def test_an_empty_pseudo_label_set_says_which_filter_emptied_it_and_what_to_change():
+    summary = {"utterances": 10, "teacher_cer": 2206.3,
+               "by_status": {"filtered: repetition loop": 7, "filtered: CER above threshold": 3}}
+    message = pseudo.nothing_kept(summary)
+    assert "kept no pseudo-label of 10 utterances" in message
+    assert "repetition loop: 7 (no parameter: the teacher repeats itself, fine-tune it first)" in message
+    assert "CER above threshold: 3 (cer_threshold" in message and "2206.3 %" in message
