@@ -43,8 +43,8 @@ CANDIDATES = {
     "local floor 3 s, cut at 0.3 s, pad 0.3 s": {"pad_s": 0.3, "cut": {"floor_window_s": 3.0, "cut_pause_s": 0.3}},
 }
 # Chosen on valid recordings: runs/tiny/student_kd on 20 valid recordings (seed 0, 184 clips, 11.2 min), try_settings
-# with CANDIDATES (python /tmp/settings.py runs/tiny/student_kd 20, i.e. make_recordings(valid rows, 20, ..., seed=0)
-# then try_settings(...)): long-form CER 63.0 % (57.5-68.4) against 70.7 % (66.8-74.4) with the former defaults,
+# with CANDIDATES (python bench/long_settings.py --run-dir runs/tiny --model student_kd --recordings 20, taken while
+# other jobs shared the 2 cores): long-form CER 63.0 % (57.5-68.4) against 70.7 % (66.8-74.4) with the former defaults,
 # clip-by-clip 43.6 % (39.4-47.3); boundaries within 0.5 s 83.7 % (75.3 % before). Still worse than clip by clip.
 CHOSEN: dict = {"cut": {"floor_window_s": 3.0, "cut_pause_s": 0.3}}
 
