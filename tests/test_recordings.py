@@ -154,3 +154,15 @@ def test_bad_recordings_are_named(tmp_path, made):
     silent = made[0]._replace(path=tmp_path / "quiet.wav")
     with pytest.raises(ValueError, match="quiet.wav: the recording is silent"):
         long_measure.measure_long(TINY_TEACHER, [silent], tmp_path)
+
+
+def test_the_notebooks_measurement_makes_recordings_longer_than_the_window_or_says_why(synthetic_run, tmp_path):
+    from helpers.whisper import long_measure
+
+    _, result = synthetic_run
+    rows = result["test"]  # 3 synthetic clips of about 3 s: a recording of all 3 is longer than the 5 s window
+    measure, note = long_measure.measure_split(str(TINY_TEACHER), rows, tmp_path / "long", recordings=2)
+    assert measure is not None and note == "2 recordings of 3-3 clips"
+    assert len(measure.recordings) == 2
+    short, why = long_measure.measure_split(str(TINY_TEACHER), rows.head(1), tmp_path / "one", recordings=2)
+    assert short is None and "no long recording can be made" in why

@@ -16,6 +16,7 @@ chosen on valid, never on test) and tabulates the same figures, one row per sett
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pandas as pd
 
 from ..figures.stats import bootstrap_rate, paired_difference, verdict
 from ..files import shown
-from ..speech.recordings import LongRecording, check_recording
+from ..speech.recordings import CLIPS_PER_RECORDING, LongRecording, check_recording, make_recordings
 from ..speech.text import utterance_scores
 from .decode import transcribe_and_score
 from .longform import Segment, transcribe_long
@@ -169,3 +170,30 @@ def try_settings(model: LoadedWhisper | Export | str | Path, recordings: list[Lo
                              k: str(v) for k, v in settings.items()})
             for i, (name, settings) in enumerate(candidates.items())]
     return pd.concat(rows, ignore_index=True).set_index("setting").sort_values("long-form CER %")
+
+
+def measure_split(model: LoadedWhisper | Export | str | Path, rows: pd.DataFrame, out_dir: str | Path, *,
+                  recordings: int = 20, seed: int = 0, fold: str | None = "t2s", settings: dict | None = None
+                  ) -> tuple[LongMeasure | None, str]:
+    """Notebook 07's measurement: ``recordings`` realistic recordings made from the clips ``rows`` of one split
+    (``speech.recordings.make_recordings`` into ``out_dir``), each long enough for several of the model's windows
+    (clips per recording raised as the window asks), transcribed with ``settings`` (default :data:`CHOSEN`) by
+    :func:`measure_long`. Returns ``(measure, note)``; ``measure`` is None, and ``note`` says why, when the split's
+    clips cannot make a recording longer than one window; recordings that came out shorter are left out and counted."""
+    model = load_model(model)
+    fe = model.features if isinstance(model, Export) else model.feature_extractor
+    window = window_seconds(fe)
+    per_recording = max(CLIPS_PER_RECORDING[0], math.ceil(1.5 * window / max(float(rows["duration"].mean()), 0.1)))
+    if float(rows["duration"].sum()) <= window:
+        return None, (f"the {len(rows)} clips last {rows['duration'].sum():.1f} s in all, not more than one "
+                      f"{window:g} s window: no long recording can be made of them")
+    made = make_recordings(rows, recordings, out_dir, seed, clips=(per_recording, per_recording + 6))
+    long_enough = [r for r in made if r.clips["end"].iloc[-1] > window]
+    counts = [len(r.clips) for r in long_enough] or [0]
+    note = f"{len(long_enough)} recordings of {min(counts)}-{max(counts)} clips"
+    if len(long_enough) < len(made):
+        note += f" ({len(made) - len(long_enough)} left out: not longer than the {window:g} s window)"
+    if not long_enough:
+        return None, note
+    return measure_long(model, long_enough, Path(out_dir) / "transcripts", fold=fold,
+                        **(CHOSEN if settings is None else settings)), note
