@@ -134,7 +134,14 @@ def test_distill_notebook_uses_the_cache_and_the_given_loss_weights(distill_note
 @pytest.fixture(scope="module")
 def adalora_notebook(distill_notebook, run_dir):
     return run("06_adalora", run_dir, run_dir=str(run_dir), max_steps=8, tinit=2, tfinal=2, deltaT=2, eval_steps=4,
-               save_steps=4, per_device_train_batch_size=4, per_device_eval_batch_size=8, live_plot=False)
+               save_steps=4, per_device_train_batch_size=4, per_device_eval_batch_size=8, live_plot=False,
+               window_steps=4)
+
+
+def test_adalora_notebook_tunes_the_student_chosen_on_validation_to_short_windows(adalora_notebook, run_dir):
+    metrics = json.loads((run_dir / "student_short" / "metrics.json").read_text("utf-8"))
+    assert metrics["steps"] <= 4 and metrics["source"] in ("distilled student", "AdaLoRA student")
+    assert "short window (" in stdout(adalora_notebook)
 
 
 def test_adalora_notebook_trains_the_given_schedule_and_merges_exactly(adalora_notebook, run_dir):
@@ -150,10 +157,16 @@ def test_eval_notebook_compares_every_stage_and_checks_speculative_decoding(adal
     nb = run("07_eval", run_dir, run_dir=str(run_dir), batch_size=4, speed_rounds=1, speculative_limit=3)
     results = json.loads((run_dir / "eval" / "results.json").read_text("utf-8"))
     assert [r["model"] for r in results["results"]] == ["base teacher", "fine-tuned teacher", "student before KD",
-                                                        "distilled student", "AdaLoRA student"]
+                                                        "distilled student", "AdaLoRA student", "short-window student",
+                                                        f"{short_source(run_dir)}, short window untuned"]
     assert all(r["status"] == "ok" for r in results["results"]) and results["reference"] == "fine-tuned teacher"
     assert results["speculative"]["differ"] == 0 and results["speculative"]["utterances"] == 3
     assert "0 transcripts differ from the teacher's greedy ones" in stdout(nb)
+
+
+def short_source(run_dir) -> str:
+    """The student notebook 06's part 2 tuned (chosen on validation)."""
+    return json.loads((run_dir / "student_short" / "window_rule.json").read_text("utf-8"))["source"]
 
 
 def test_eval_notebook_reports_a_missing_model_and_goes_on(adalora_notebook, run_dir, tmp_path):
