@@ -7,10 +7,10 @@
 ``preprocessor_config.json``) and ``export.json`` (source, its SHA-256, sizes, versions, and the window rule of a
 short-window student, which the runtime then applies to clips). :func:`compare_exports` puts exports beside the
 transformers model for notebook 07; :func:`ship` is notebook 07's shipping step. Running an export (``load_export``,
-``transcribe_export``, ``transcribe_long`` for recordings of any length) lives in :mod:`helpers.whisper.longform` and is
-importable from here too.
+``transcribe_export``) lives in :mod:`helpers.whisper.runtime`, recordings of any length in
+:mod:`helpers.whisper.longform`.
 
-Two runtimes (``longform.runtime_for``): the standard Whisper layout (51865 tokens with timestamps, 30 s window:
+Two runtimes (``runtime.runtime_for``): the standard Whisper layout (51865 tokens with timestamps, 30 s window:
 Breeze-ASR-25) goes through faster-whisper's ``WhisperModel``; the tiny models (own 1010-token vocabulary without
 timestamp tokens, 5 s window), whose layout faster-whisper's tokenizer logic does not expect, through
 ``ctranslate2.models.Whisper`` with the prompt ``<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>`` read
@@ -31,9 +31,8 @@ import pandas as pd
 
 from .figures.timing import take_turns
 from .files import RunDir, read_json, shown, write_json
-from .speech.text import cer, score
+from .speech.text import score
 from .whisper.decode import transcribe
-from .whisper.longform import LongRecording, Segment, transcribe_long
 from .whisper.models import LoadedWhisper, load_whisper, no_transformers_bars
 from .whisper.runtime import MANIFEST, Export, load_export, runtime_for, transcribe_export, window_to_use
 from .whisper.short_window import RULE_FILE, WindowRule
@@ -351,22 +350,6 @@ def ship(run_dir: str | Path, student: str, rows: pd.DataFrame, quantizations=("
     table = compare_exports(contenders, rows, reference=next(iter(contenders)), batch_size=batch_size,
                             rounds=rounds, fold=fold)
     return exports, table
-
-
-def compare_long(models: dict, recording: LongRecording, out_dir: str | Path, fold: str | None = "t2s"
-                 ) -> tuple[pd.DataFrame, dict[str, list[Segment]]]:
-    """Every model of ``models`` (name -> ``LoadedWhisper``, :class:`Export` or export folder) transcribes the long
-    ``recording`` (``longform.make_long_recording``) with ``longform.transcribe_long``, its subtitles written under
-    ``out_dir`` (one folder per model). Returns ``(summary, segments)``: per model the method, segments, CER against
-    the joined references (percent) and RTFx; and each model's segments."""
-    summary, segments = {}, {}
-    for i, (name, model) in enumerate(models.items()):
-        done = transcribe_long(model, recording.path, out_dir=Path(out_dir) / f"model_{i}")
-        segments[name] = done.segments
-        summary[name] = {"method": done.method, "segments": len(done.segments),
-                         "CER %": cer([recording.reference], [done.text], fold=fold),
-                         "RTFx": done.audio_s / max(done.compute_s, 1e-9), "subtitles": done.srt.name}
-    return pd.DataFrame.from_dict(summary, orient="index"), segments
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import pytest
 
 from helpers import config, export
 from helpers.files import read_json, write_json
-from helpers.speech import text
+from helpers.speech import recordings, text
 from helpers.whisper import decode, longform, models, runtime
 from helpers.whisper.short_window import RULE_FILE, WindowRule
 
@@ -115,7 +115,7 @@ def test_a_clip_longer_than_the_window_keeps_the_full_window(run, clips):
 
 
 def test_long_recordings_keep_full_windows(run, clips, tmp_path):
-    rec = longform.make_long_recording(clips.head(4), 1.0, tmp_path / "talk.wav")
+    rec = recordings.make_long_recording(clips.head(4), 1.0, tmp_path / "talk.wav")
     loaded = watched(run.exports["student_short"])
     long = longform.transcribe_long(loaded, rec.path, out_dir=tmp_path / "short")
     assert long.method == "pauses" and long.stats["window"] is None and set(loaded.model.frames) == {FULL}

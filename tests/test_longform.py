@@ -13,7 +13,7 @@ import soundfile as sf
 
 from helpers import export
 from helpers.config import TINY_TEACHER
-from helpers.speech import synth, text
+from helpers.speech import recordings, synth, text
 from helpers.whisper import decode, longform, models
 from tests.test_export import standard_whisper
 
@@ -34,7 +34,7 @@ def recording(tmp_path_factory):
         sf.write(folder / f"{row['id']}.wav", audio, synth.SAMPLING_RATE)
         rows.append({"audio": str(folder / f"{row['id']}.wav"), "text": row["text"], "duration": len(audio) / 16_000})
     rows = pd.DataFrame(rows)
-    return longform.make_long_recording(rows, (0.8, 1.5), folder / "talk.wav"), rows
+    return recordings.make_long_recording(rows, (0.8, 1.5), folder / "talk.wav"), rows
 
 
 def test_make_long_recording(recording):
@@ -48,9 +48,9 @@ def test_make_long_recording(recording):
     assert clips["end"].iloc[-1] == pytest.approx(sf.info(rec.path).duration, abs=1e-3)
     assert sf.info(rec.path).duration > 6 * 5.0
     with pytest.raises(ValueError, match="no rows"):
-        longform.make_long_recording(rows.head(0), 1.0, rec.path.with_name("none.wav"))
+        recordings.make_long_recording(rows.head(0), 1.0, rec.path.with_name("none.wav"))
     with pytest.raises(ValueError, match="pause_s"):
-        longform.make_long_recording(rows, -1.0, rec.path.with_name("none.wav"))
+        recordings.make_long_recording(rows, -1.0, rec.path.with_name("none.wav"))
 
 
 def test_pauses_path_with_the_tiny_teacher(recording, tiny_teacher, tmp_path):

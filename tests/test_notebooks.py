@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory, synthetic_run):
     """A folder of untranscribed audio: one recording of 6 synthetic sentences with pauses, several windows long."""
-    from helpers.whisper.longform import make_long_recording
+    from helpers.speech.recordings import make_long_recording
 
     _, result = synthetic_run
     folder = tmp_path_factory.mktemp("recordings")

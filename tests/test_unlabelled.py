@@ -11,7 +11,7 @@ import soundfile as sf
 from helpers import config, data
 from helpers.speech import sources
 from helpers.speech.audio import read_audio, read_row
-from helpers.whisper.longform import make_long_recording
+from helpers.speech.recordings import make_long_recording
 from tests.fixtures import SYNTHETIC_SIZES, write_tone
 
 

@@ -11,8 +11,8 @@ CTranslate2 export (:class:`Export`, made by ``export.export_model``), and goes 
   cannot say where it is in its window: the recording is cut at pauses into pieces that fit
   (``audio.cut_at_pauses``), each piece is transcribed on its own and its place gives its segment's times.
 
-:mod:`helpers.whisper.runtime` loads and runs the exports; ``speech.recordings`` builds recordings from clips
-(``make_long_recording``, importable from here too, and ``make_recordings``).
+:mod:`helpers.whisper.runtime` loads and runs the exports; :mod:`helpers.speech.recordings` builds recordings from
+clips (``make_long_recording``, ``make_recordings``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from transformers import StoppingCriteriaList
 
 from ..files import atomic_write, shown
 from ..speech.audio import SAMPLING_RATE, cut_at_pauses, read_recording
-from ..speech.recordings import LongRecording, make_long_recording  # noqa: F401  (made there, long used from here)
 from .budget import RepetitionGuard, token_budget
 from .decode import transcribe
 from .models import LoadedWhisper, quiet_generation, window_seconds
