@@ -24,7 +24,7 @@ from .speech.manifest import check_rows, read_csv
 from .whisper.decode import default_device
 from .whisper.measure import evaluate_models
 from .whisper.models import load_feature_extractor, window_seconds
-from .whisper.short_window import RULE_FILE, WindowRule
+from .whisper.short_window import RULE_FILE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,10 +62,10 @@ def short_windows(run_dir: str | Path, model_paths: dict[str, str]) -> tuple[dic
     tuned from is added once more, reading the same short windows untuned, so that the table shows why tuning is
     needed. Other models read full windows."""
     run = RunDir(run_dir)
-    found = read_json(run.student_short / RULE_FILE) if "short-window student" in model_paths else None
-    if found is None:
+    rule = export.read_window_rule(run.student_short) if "short-window student" in model_paths else None
+    if rule is None:
         return dict(model_paths), {}
-    rule = WindowRule(found["margin_s"], found["floor_s"], found["round_to_s"])
+    found = read_json(run.student_short / RULE_FILE)  # where the rule came from: source, source_folder
     paths, windows = dict(model_paths), {"short-window student": rule}
     if (run.root / found["source_folder"] / "config.json").exists():
         untuned = f"{found['source']}, short window untuned"
