@@ -25,8 +25,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from transformers import StoppingCriteriaList
 from transformers.modeling_outputs import BaseModelOutput
 
+from .budget import RepetitionGuard, token_budget
 from .models import quiet_generation
 
 FRAMES_PER_SECOND = 100  # Whisper's log-mel frames per second of audio (hop 160 samples at 16 kHz)
@@ -175,7 +177,8 @@ def short_window_generate(model, feature_extractor, waves: list[np.ndarray], rul
     ``model``: a ``WhisperForConditionalGeneration`` with its language/task prompt set (``models.set_prompt``);
     ``feature_extractor``: its ``WhisperFeatureExtractor``; ``rule``: a :class:`WindowRule` (``None``: full
     windows). Clips are batched by window (:func:`window_batches`), encoded by :func:`encode_short` and decoded by
-    ``model.generate`` (``max_new_tokens``, default the model's positions minus 8, and ``generate_kwargs``). Returns
+    ``model.generate`` (``generate_kwargs``) within the decoding budget (``budget.token_budget`` of each batch's
+    longest clip, at most ``max_new_tokens``, default the model's positions minus 8) and the repetition guard. Returns
     per clip, in input order, the generated ids without the prompt, up to (not including) the first end-of-text.
     Raises ``ValueError`` when the extractor's window is not the model's.
     """
@@ -195,9 +198,11 @@ def short_window_generate(model, feature_extractor, waves: list[np.ndarray], rul
             features, mask = window_features(feature_extractor, [waves[i] for i in members], frames)
             with torch.inference_mode(), quiet_generation():
                 encoded = encode_short(model, torch.from_numpy(features), frames)
+                budget = token_budget(max(durations[i] for i in members),  # the decoding budget, with a guard
+                                      max_new_tokens or model.config.max_target_positions - 8)
                 out = model.generate(encoder_outputs=encoded, attention_mask=torch.from_numpy(mask).to(param.device),
-                                     max_new_tokens=max_new_tokens or model.config.max_target_positions - 8,
-                                     **generate_kwargs)
+                                     max_new_tokens=budget, **{"stopping_criteria": StoppingCriteriaList(
+                                         [RepetitionGuard()]), **generate_kwargs})
             for i, seq in zip(members, out.tolist()):
                 ids[i] = until_end(seq, eot)
     finally:

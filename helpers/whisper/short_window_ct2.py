@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .budget import token_budget
 from .short_window import WindowRule, until_end, window_batches, window_features
 
 
@@ -58,7 +59,7 @@ def short_window_generate_ct2(whisper, feature_extractor, waves: list[np.ndarray
     ids: list[list[int] | None] = [None] * len(waves)
     for frames, members in window_batches(durations, rule, fe.nb_max_frames, batch_size):
         features, _ = window_features(fe, [waves[i] for i in members], frames)
-        for i, seq in zip(members, generate(whisper, encode(whisper, features), prompt, eot, max_new_tokens,
-                                            **options)):
+        budget = token_budget(max(durations[i] for i in members), max_new_tokens)  # the decoding budget
+        for i, seq in zip(members, generate(whisper, encode(whisper, features), prompt, eot, budget, **options)):
             ids[i] = seq
     return ids
