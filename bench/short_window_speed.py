@@ -4,13 +4,14 @@ For random-initialised models of real shapes (teacher whisper-small 12+12 -> stu
 Whisper-large-v2 32+32 -> student 32+2, cut by ``student.init_student``; the student keeps the teacher's encoder),
 clips of ``--clip-seconds`` (2, 5, 10, 20 s) get a window from a ``WindowRule`` (``--margin-s``, ``--floor-s``,
 ``--round-to-s``; e.g. margin 2 s in whole seconds: 2 s -> 4 s, 5 s -> 7 s, 10 s -> 12 s, 20 s -> 22 s), and these
-contenders run on the same random log-mel features with the same thread count:
+contenders run on the same random log-mel features with the same thread count (transformers in ``--dtype``: fp32 on
+a CPU, fp16 on CUDA; CTranslate2 in ``--ct2-compute-type``, int8 by default; both recorded in the results file):
 
-* ``hf_fp32_teacher_full``   transformers teacher, full 30 s window (``WhisperEncoder.forward``, the stock path)
-* ``hf_fp32_student_full``   transformers student, full window
-* ``hf_fp32_student_short``  transformers student, the clip's window (``short_window.encode_short``)
-* ``ct2_int8_student_full``  CTranslate2 int8 student, full window
-* ``ct2_int8_student_short`` CTranslate2 int8 student, the clip's window (``short_window_ct2.encode``)
+* ``hf_teacher_full``   transformers teacher, full 30 s window (``WhisperEncoder.forward``, the stock path)
+* ``hf_student_full``   transformers student, full window
+* ``hf_student_short``  transformers student, the clip's window (``short_window.encode_short``)
+* ``ct2_student_full``  CTranslate2 student, full window
+* ``ct2_student_short`` CTranslate2 student, the clip's window (``short_window_ct2.encode``)
 * ``hf_encoder_clip`` / ``ct2_encoder_clip``: each runtime's encoder alone on the clip's own length (no margin):
   the physical floor of a short window.
 
@@ -124,23 +125,23 @@ def contenders(teacher, small, ct2, features: torch.Tensor, windows: dict, new_t
     """Name -> timed call. ``features``: batch x mel bins x full-window frames; ``windows``: clip seconds ->
     ``(clip frames, window frames)``. Full-window contenders once, short ones per clip length (``..@<s>s``)."""
     full = features.shape[-1]
-    calls = {"hf_fp32_teacher_full": timed_call(lambda: teacher.get_encoder()(features),
+    calls = {"hf_teacher_full": timed_call(lambda: teacher.get_encoder()(features),
                                                 lambda e: hf_decode(teacher, e, new_tokens), device),
-             "hf_fp32_student_full": timed_call(lambda: small.get_encoder()(features),
+             "hf_student_full": timed_call(lambda: small.get_encoder()(features),
                                                 lambda e: hf_decode(small, e, new_tokens), device)}
     cpu = features.float().cpu().numpy() if ct2 is not None else None
     if ct2 is not None:
-        calls["ct2_int8_student_full"] = timed_call(lambda: short_window_ct2.encode(ct2, cpu),
+        calls["ct2_student_full"] = timed_call(lambda: short_window_ct2.encode(ct2, cpu),
                                                     lambda e: ct2_decode(ct2, e, new_tokens), device)
     for seconds, (clip, window) in windows.items():
         assert window <= full
-        calls[f"hf_fp32_student_short@{seconds:g}s"] = timed_call(
+        calls[f"hf_student_short@{seconds:g}s"] = timed_call(
             lambda w=window: short_window.encode_short(small, features, w), lambda e: hf_decode(small, e, new_tokens),
             device)
         calls[f"hf_encoder_clip@{seconds:g}s"] = timed_call(
             lambda c=clip: short_window.encode_short(small, features, c), None, device)
         if ct2 is not None:
-            calls[f"ct2_int8_student_short@{seconds:g}s"] = timed_call(
+            calls[f"ct2_student_short@{seconds:g}s"] = timed_call(
                 lambda w=window: short_window_ct2.encode(ct2, cpu[..., :w]), lambda e: ct2_decode(ct2, e, new_tokens),
                 device)
             calls[f"ct2_encoder_clip@{seconds:g}s"] = timed_call(
@@ -174,7 +175,7 @@ def summarise(timed: dict, windows: dict) -> list[dict]:
     for seconds, (clip, window) in windows.items():
         at = {name.split("@")[0]: median_round(r) for name, r in timed.items()
               if "@" not in name or name.endswith(f"@{seconds:g}s")}
-        teacher = at["hf_fp32_teacher_full"]
+        teacher = at["hf_teacher_full"]
         row = {"clip_s": seconds, "clip_frames": clip, "window_frames": window, "seconds": at,
                "speed_up_vs_teacher": {}, "short_vs_full": {}, "end_to_end_over_encoder_on_clip": {}}
         for name, t in at.items():
@@ -185,7 +186,7 @@ def summarise(timed: dict, windows: dict) -> list[dict]:
                                                 "high": teacher["max_s"] / t["min_s"]}
             floor = at["hf_encoder_clip" if name.startswith("hf") else "ct2_encoder_clip"]["total_s"]
             row["end_to_end_over_encoder_on_clip"][name] = t["total_s"] / floor
-        for runtime in ("hf_fp32_student", "ct2_int8_student"):
+        for runtime in ("hf_student", "ct2_student"):
             if f"{runtime}_short" in at:
                 row["short_vs_full"][runtime] = at[f"{runtime}_full"]["total_s"] / at[f"{runtime}_short"]["total_s"]
         rows.append(row)
@@ -200,10 +201,10 @@ def goals(shape: str, batch: int, rows: list[dict]) -> dict:
     """Issue 27's goals on 5 s clips at batch 1 (CPU): the CTranslate2 int8 short-window student >= 10x (whisper-small)
     or >= 8x (Breeze) the transformers fp32 teacher, and >= 2.5x its own full window. ``{}`` for other cases."""
     row = next((r for r in rows if r["clip_s"] == 5), None)
-    name = "ct2_int8_student_short"
+    name = "ct2_student_short"
     if batch != 1 or row is None or name not in row["speed_up_vs_teacher"]:
         return {}
-    vs_teacher, vs_full = row["speed_up_vs_teacher"][name]["median"], row["short_vs_full"]["ct2_int8_student"]
+    vs_teacher, vs_full = row["speed_up_vs_teacher"][name]["median"], row["short_vs_full"]["ct2_student"]
     return {"vs_teacher": vs_teacher, "vs_teacher_goal": GOALS[shape], "vs_teacher_met": vs_teacher >= GOALS[shape],
             "short_vs_full": vs_full, "short_vs_full_goal": SHORT_OVER_FULL_GOAL,
             "short_vs_full_met": vs_full >= SHORT_OVER_FULL_GOAL}

@@ -154,31 +154,36 @@ def window_verdicts(results: pd.DataFrame, predictions: pd.DataFrame, windows: d
     return pd.DataFrame(rows).round(2)
 
 
-BENCH_RUNTIMES = {"hf_fp32_student_full": "transformers fp32 student, full window",
-                  "hf_fp32_student_short": "transformers fp32 student, short window",
-                  "ct2_int8_student_full": "CTranslate2 int8 student, full window",
-                  "ct2_int8_student_short": "CTranslate2 int8 student, short window"}
+BENCH_RUNTIMES = {"hf_student_full": "transformers student, full window",
+                  "hf_student_short": "transformers student, short window",
+                  "ct2_student_full": "CTranslate2 student, full window",
+                  "ct2_student_short": "CTranslate2 student, short window"}
 
 
 def short_window_benchmark(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """The real-shape speed-ups ``bench/short_window_speed.py`` measured, read from its results files in
-    ``results_dir`` (``short_window_speed_<device>_<shape>.json``): one row per shape and clip length, one column
-    per runtime (speed-up over the transformers fp32 teacher at the full window, median of the rounds), and one
-    line per file naming the machine it was measured on. Empty when no results file is there."""
+    ``results_dir`` (``short_window_speed_<cpu|gpu>_<shape>.json``): one row per device, shape, batch size and clip
+    length, one column per runtime (speed-up over the transformers teacher at the full window in the same dtype,
+    median of the rounds), and one line per file naming the machine, the dtypes and the note. Empty when no results
+    file is there."""
     rows, machines = [], []
     for path in sorted(Path(results_dir).glob("short_window_speed_*.json")):
         if path.stem.endswith("_quick"):
             continue
         found = json.loads(path.read_text("utf-8"))
-        m = found["machine"]
-        machines.append(f"{path.name}: {m.get('cpu') or m.get('device')}, {m.get('threads')} threads, torch "
-                        f"{m.get('torch')}, ctranslate2 {m.get('ctranslate2')}, batch {found['args']['batch_sizes']}, "
-                        f"{found['args']['new_tokens']} tokens; {m.get('note', '')}".strip())
+        m, args = found["machine"], found["args"]
+        device = m.get("device") if m.get("device") not in (None, "cpu") else f"CPU {m.get('cpu')}"
+        ct2 = f"CTranslate2 {m.get('ctranslate2')} {args.get('ct2_compute_type')}" if m.get("ctranslate2") else \
+            "no CTranslate2"
+        machines.append(f"{path.name}: {device}, {m.get('threads')} threads, torch {m.get('torch')} "
+                        f"{args.get('dtype')}, {ct2}, batch {args['batch_sizes']}, {args['new_tokens']} tokens; "
+                        f"{m.get('note') or ''}".strip())
         for shape in found["results"]:
             for row in shape["rows"]:
                 ups = row["speed_up_vs_teacher"]
-                rows.append({"shape": shape["shape"], "batch": shape["batch"], "clip (s)": row["clip_s"],
+                rows.append({"device": device, "shape": shape["shape"], "batch": shape["batch"],
+                             "clip (s)": row["clip_s"], "transformers dtype": args.get("dtype"),
                              **{label: round(ups[key]["median"], 2) for key, label in BENCH_RUNTIMES.items()
                                 if key in ups}})
     table = pd.DataFrame(rows)
-    return (table.set_index(["shape", "batch", "clip (s)"]) if len(table) else table), machines
+    return (table.set_index(["device", "shape", "batch", "clip (s)"]) if len(table) else table), machines

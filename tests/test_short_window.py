@@ -237,3 +237,36 @@ def test_ct2_generate_stops_at_max_new_tokens(ct2_float32):
     encoded = encode(ct2_float32, random_features(1, 200, seed=2).numpy())
     ids = generate(ct2_float32, encoded, [1001, 1003, 1005, 1009], 1000, 5, suppress_tokens=[1000])
     assert len(ids[0]) == 5  # <|endoftext|> suppressed: exactly 5 tokens
+
+
+def _bench_file(folder, name, device, dtype, ct2):
+    """A results file shaped as bench/short_window_speed.py writes it (two clip lengths, one batch size)."""
+    import json
+    ups = {"hf_student_full": 2.0, "hf_student_short": 3.0}
+    if ct2:
+        ups |= {"ct2_student_full": 4.0, "ct2_student_short": 9.5}
+    rows = [{"clip_s": s, "speed_up_vs_teacher": {k: {"median": v * s / 5} for k, v in ups.items()}} for s in (2, 5)]
+    machine = {"cpu": "Some CPU", "device": device, "threads": 2, "torch": "2.x", "ctranslate2": "4.8" if ct2 else None,
+               "note": "quiet"}
+    args = {"batch_sizes": [1], "new_tokens": 32, "dtype": dtype, "ct2_compute_type": "int8"}
+    (folder / name).write_text(json.dumps({"machine": machine, "args": args,
+                                           "results": [{"shape": "whisper-small", "batch": 1, "rows": rows}]}))
+
+
+def test_short_window_benchmark_table_names_device_and_dtype(tmp_path):
+    """Notebook 07's real-shape table: one row per device, shape, batch and clip; CPU and GPU files kept apart with
+    their transformers dtype; a GPU file without CTranslate2 has no CTranslate2 figures; smoke runs are left out."""
+    from helpers import report
+    _bench_file(tmp_path, "short_window_speed_cpu_whisper-small.json", "cpu", "float32", ct2=True)
+    _bench_file(tmp_path, "short_window_speed_gpu_whisper-small.json", "NVIDIA H200", "float16", ct2=False)
+    _bench_file(tmp_path, "short_window_speed_cpu_whisper-small_quick.json", "cpu", "float32", ct2=True)
+    table, machines = report.short_window_benchmark(tmp_path)
+    assert len(table) == 4 and len(machines) == 2
+    cpu, gpu = table.loc[("CPU Some CPU", "whisper-small", 1, 5)], table.loc[("NVIDIA H200", "whisper-small", 1, 5)]
+    assert cpu["transformers dtype"] == "float32" and cpu["CTranslate2 student, short window"] == 9.5
+    assert gpu["transformers dtype"] == "float16" and np.isnan(gpu["CTranslate2 student, short window"])
+    assert gpu["transformers student, short window"] == 3.0
+    assert "NVIDIA H200" in machines[1] and "float16" in machines[1] and "no CTranslate2" in machines[1]
+    assert "CTranslate2 4.8 int8" in machines[0]
+    empty, none = report.short_window_benchmark(tmp_path / "nowhere")
+    assert empty.empty and none == []
