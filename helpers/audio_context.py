@@ -117,11 +117,26 @@ def tune(p, loaded, train_rows, valid_rows, out_dir) -> tuple[object, list[dict]
     return trainer, history.records
 
 
+def choose_margin(p, score, full_cer: float) -> tuple[WindowRule, list[dict]]:
+    """The inference window, chosen on valid: ``score(rule)`` (the validation metrics at ``rule``) for each margin of
+    ``p.window_margins_s`` (None or empty: ``window_margin_s`` alone) with notebook 06's floor and rounding. Kept: the
+    smallest margin whose CER is at most ``full_cer + p.window_cer_tolerance``, else the one with the lowest CER (the
+    smaller on a tie). Returns ``(rule, one row per margin: margin_s, the metrics and chosen)``."""
+    margins = sorted(set(p.window_margins_s or [p.window_margin_s]))
+    rows = [{"margin_s": m, **score(WindowRule(m, p.window_floor_s, p.window_round_s))} for m in margins]
+    close = [r for r in rows if r["cer"] <= full_cer + p.window_cer_tolerance]
+    best = close[0] if close else min(rows, key=lambda r: (r["cer"], r["margin_s"]))
+    for r in rows:
+        r["chosen"] = r is best
+    return WindowRule(best["margin_s"], p.window_floor_s, p.window_round_s), rows
+
+
 def run_phase(p) -> dict | None:
     """Notebook 06, part 2, for its parameters ``p``: tune the student chosen on validation to a short window,
     score it on the valid split before and after (full window, short window), and save it to
     ``run_dir/student_short`` with ``window_rule.json``, ``metrics.json`` and ``history.json``. The test set is not
-    read here (notebook 07 scores it once). Returns the metrics, or None when ``p.short_window`` is off."""
+    read here (notebook 07 scores it once); the margin is chosen on valid after training (:func:`choose_margin`).
+    Returns the metrics, or None when ``p.short_window`` is off."""
     if not p.short_window:
         print("short window: off (short_window = False)")
         return None
@@ -138,18 +153,23 @@ def run_phase(p) -> dict | None:
     before = {"full window": valid(None, "full window"), "short window, untuned": valid(rule, "short, untuned")}
     out_dir = run.stage("short-window student")
     trainer, history = tune(p, loaded, train_rows, valid_rows, out_dir)
-    after = valid(rule, "short, tuned")
+    rule, margins = choose_margin(p, lambda r: valid(r, f"short, tuned, margin {r.margin_s:g} s"),
+                                  before["full window"]["cer"])
+    after = next(m for m in margins if m["chosen"])
+    after = {k: v for k, v in after.items() if k not in ("margin_s", "chosen")}
     if not trainer.is_world_process_zero():
         return None
     models.save_whisper(loaded.model, loaded.processor, out_dir)
     write_json(out_dir / RULE_FILE, {**rule.to_dict(), "source": source, "source_folder": STAGE_OF[source].folder})
     metrics = {"source": source, "rule": rule.to_dict(), "steps": trainer.state.global_step,
                "valid": {**before, "short window, tuned": after}, "train_margin_s": p.window_train_margin_s,
-               "learning_rate": p.window_learning_rate}
+               "learning_rate": p.window_learning_rate, "margins": margins,
+               "cer_tolerance": p.window_cer_tolerance}
     write_json(run.metrics("student_short"), metrics)
-    print(f"short window ({source}, margin {rule.margin_s:g} s, floor {rule.floor_s:g} s): validation CER "
-          f"{before['full window']['cer']:.1f}% at the full window, {before['short window, untuned']['cer']:.1f}% "
-          f"short untuned -> {after['cer']:.1f}% short tuned ({trainer.state.global_step} steps) -> {shown(out_dir)}")
+    print(f"short window ({source}, margin {rule.margin_s:g} s chosen on valid, floor {rule.floor_s:g} s): "
+          f"validation CER {before['full window']['cer']:.1f}% at the full window, "
+          f"{before['short window, untuned']['cer']:.1f}% short untuned -> {after['cer']:.1f}% short tuned "
+          f"({trainer.state.global_step} steps) -> {shown(out_dir)}")
     return metrics
 
 

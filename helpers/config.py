@@ -63,7 +63,8 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                        per_device_train_batch_size=16, gradient_accumulation_steps=1, eval_steps=50, save_steps=50,
                        per_device_eval_batch_size=32, generation_max_length=96, fp16=False, bf16=False, resume=False,
                        num_processes=1, short_window=True, window_steps=150, window_learning_rate=3e-4,
-                       window_margin_s=0.5, window_floor_s=1.0, window_round_s=0.5, window_train_margin_s=1.5),
+                       window_margin_s=0.5, window_floor_s=1.0, window_round_s=0.5, window_train_margin_s=1.5,
+                       window_margins_s=[0.5, 1.0], window_cer_tolerance=2.0),
     "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=3, speculative=True,
                     speculative_limit=50, fold="t2s", num_worst=5, export_quantization="int8"),
 }
@@ -102,7 +103,8 @@ PHASES = {"data": "01_data", "finetune": "02_breeze_finetune", "pseudo": "03_pse
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Spec:
-    """What values a parameter takes: ``kind`` (int, float, bool, str, choice, dict, bool_or_str), an
+    """What values a parameter takes: ``kind`` (int, float, bool, str, choice, dict, bool_or_str, floats: a list of
+    numbers, each within the range), an
     inclusive ``low``/``high`` (``open_low``: strictly above ``low``), ``choices``, and whether ``None`` is a
     valid final value (``optional``: e.g. "no test CSV", "all rows")."""
     kind: str
@@ -116,7 +118,8 @@ class Spec:
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         words = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a text (path or name)",
-                 "dict": "a mapping {name: value}", "bool_or_str": "True, False or a model name"}[self.kind]
+                 "dict": "a mapping {name: value}", "bool_or_str": "True, False or a model name",
+                 "floats": "a list of numbers, each"}[self.kind]
         if self.low is not None:
             words += f" {'>' if self.open_low else '>='} {self.low:g}"
         if self.high is not None:
@@ -130,6 +133,9 @@ class Spec:
             return value in self.choices
         if self.kind == "bool_or_str":
             return isinstance(value, (bool, str))
+        if self.kind == "floats":
+            return isinstance(value, (list, tuple)) and all(Spec("float", self.low, self.high, self.open_low)
+                                                            .accepts(v) for v in value)
         types = {"int": int, "float": (int, float), "bool": bool, "str": (str, Path), "dict": dict}[self.kind]
         if not isinstance(value, types) or (self.kind in ("int", "float") and isinstance(value, bool)):
             return False
@@ -189,6 +195,7 @@ SPECS: dict[str, Spec] = {
     "lora_dropout": _num(0, 0.9), "short_window": BOOL, "window_steps": POSITIVE,
     "window_learning_rate": _num(0, open_low=True), "window_margin_s": _num(0), "window_floor_s": _num(0),
     "window_round_s": _num(0, open_low=True), "window_train_margin_s": _num(0),
+    "window_margins_s": Spec("floats", low=0, optional=True), "window_cer_tolerance": _num(0),
     # 07
     "models": Spec("dict", optional=True), "test_sets": Spec("dict", optional=True), "speed_rounds": POSITIVE,
     "speculative": Spec("bool_or_str"), "speculative_limit": POSITIVE,

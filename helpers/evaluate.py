@@ -171,10 +171,11 @@ class Evaluation:
 
     @property
     def evaluated(self) -> list[str]:
-        """The models that ran without error on every test set, in course order."""
+        """The models of ``model_paths`` that ran without error on every test set, in course order (the exports'
+        rows, added by :func:`add_exports`, are not among them)."""
         ok = self.results["status"] == "ok"
         failed = set(self.results.loc[~ok, "model"])
-        return [m for m in dict.fromkeys(self.results.loc[ok, "model"]) if m not in failed]
+        return [m for m in dict.fromkeys(self.results.loc[ok, "model"]) if m not in failed and m in self.model_paths]
 
 
 def measure(p) -> Evaluation:
@@ -196,11 +197,26 @@ def measure(p) -> Evaluation:
     return Evaluation(model_paths, test_sets, skipped, results, predictions, windows=windows)
 
 
+def add_exports(done: Evaluation, test_set: str, p) -> None:
+    """The exports of ``done.shipping`` join ``done.results`` and ``done.predictions`` as rows of their own (CER
+    with its interval, paired difference from the teacher, speed-up from the shipping run), so ``results.csv``
+    holds them beside the transformers models."""
+    rows, utterances = report.export_rows(done.shipping, test_set, done.test_sets[test_set], p.fold)
+    reference = done.results.attrs["reference"]
+    main = done.results.assign(runtime="transformers", quantization=str(default_device()[1]).removeprefix("torch."))
+    results = pd.concat([main, rows], ignore_index=True)
+    results.attrs.update(done.results.attrs)
+    done.predictions = pd.concat([done.predictions, utterances], ignore_index=True)
+    done.results = report.ship_speed(report.add_comparisons(results, done.predictions, reference, seed=p.seed),
+                                     done.shipping)
+
+
 def run_phase(p) -> Evaluation:
     """Notebook 07 for its parameters ``p``: :func:`measure`; the speculative check (``p.speculative``) on the
     first ``p.speculative_limit`` test utterances; the student with the lowest validation CER (never chosen on
-    test), exported with ``p.export_quantization`` (and float32) and measured beside the teacher; then
-    ``results.csv``, ``results.json`` and ``predictions.csv`` in ``run_dir/eval``. Returns an :class:`Evaluation`."""
+    test), exported with ``p.export_quantization`` (and float32) and measured beside the teacher, the exports then
+    rows of the results (:func:`add_exports`); then ``results.csv``, ``results.json`` and ``predictions.csv`` in
+    ``run_dir/eval``. Returns an :class:`Evaluation`."""
     done = measure(p)
     done.speculative, done.speculative_speed = speculative.run_check(
         done.model_paths, done.results, done.test_sets, p.speculative, p.speculative_limit, fold=p.fold)
@@ -213,6 +229,7 @@ def run_phase(p) -> Evaluation:
         done.exports, done.shipping = export.ship(p.run_dir, done.best_student, done.test_sets[first_set],
                                                   quantizations, p.batch_size, p.speed_rounds, fold=p.fold)
         print("exports:", ", ".join(f"{q}: {shown(folder)}" for q, folder in done.exports.items()))
+        add_exports(done, first_set, p)
     shipping = None if done.shipping is None else done.shipping.drop(columns="predictions").reset_index(
         names="model").to_dict("records")
     done.out_dir = save_results(RunDir(p.run_dir).eval, done.results, done.predictions,

@@ -311,7 +311,7 @@ def _table_row(m: LoadedWhisper | Export, rule: WindowRule | None, timed, refere
     preds, median = timed.median_output  # greedy: every round gives the same text
     hf = isinstance(m, LoadedWhisper)
     size = sum(p.numel() * p.element_size() for p in m.model.parameters()) if hf else folder_bytes(m.path)
-    return {"runtime": "transformers" if hf else m.manifest["runtime"],
+    return {"path": str(m.source if hf else m.path), "runtime": "transformers" if hf else m.manifest["runtime"],
             "quantization": str(m.model.dtype).removeprefix("torch.") if hf else m.manifest["quantization"],
             "window": window_text(rule), "size_mb": size / 1e6, **score(refs, preds, fold=fold),
             "cer_vs_reference": score(reference.outputs[0][0], preds, fold=fold)["cer"],

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .figures import stats
 from .files import TEACHERS, read_json
+from .speech import text
 from .whisper.short_window import RULE_FILE
 
 
@@ -57,6 +58,56 @@ def add_comparisons(results: pd.DataFrame, predictions: pd.DataFrame, reference:
     ref_rows = (table["model"] == reference) & (table["status"] == "ok")
     table.loc[ref_rows, ["speed_up", "speed_up_low", "speed_up_high", "cer_diff"]] = 1.0, 1.0, 1.0, 0.0
     return table
+
+
+def export_rows(shipping: pd.DataFrame, test_set: str, rows: pd.DataFrame, fold: str | None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The CTranslate2 rows of notebook 07's shipping table (``export.ship``: index = model name, its
+    ``predictions``) in the shape of the results and predictions tables (``whisper.measure``), so that the exports
+    sit in ``results.csv`` beside the transformers models; ``rows``: the ``test_set`` utterances (audio, duration,
+    text). :func:`add_comparisons` then adds the CER interval and the paired difference; the speed-up over the
+    teacher is the shipping table's own (the exports and the transformers teacher took turns in one timing run),
+    with its range and verdict."""
+    ship = shipping[shipping["runtime"] != "transformers"]
+    teacher = shipping[shipping["runtime"] == "transformers"].iloc[0]
+    results, predictions = [], []
+    refs = rows["text"].tolist()
+    for name, row in ship.iterrows():
+        results.append({"test_set": test_set, "model": name, "path": row["path"],
+                        "status": "ok", "runtime": row["runtime"], "quantization": row["quantization"],
+                        "size_MB": row["size_mb"] * 1e6 / 2**20, "window": row["window"], "utterances": len(rows),
+                        "cer": row["cer"], "wer": row["wer"], "mer": row["mer"], "exact_match": row["exact_match"],
+                        "audio_s": rows["duration"].sum(), "compute_s": row["compute_s"],
+                        "compute_s_min": row["compute_s_min"], "compute_s_max": row["compute_s_max"],
+                        "rtfx": row["rtfx"], "encoder_s": row["encoder_s"], "decoder_s": row["decoder_s"],
+                        "timed_against": f"{teacher.name}, same timing run"})
+        utt = pd.DataFrame(text.utterance_scores(refs, list(row["predictions"]), fold=fold))
+        predictions.append(pd.DataFrame({"test_set": test_set, "model": name, "audio": rows["audio"].to_numpy(),
+                                         "duration": rows["duration"].to_numpy(), "reference": refs,
+                                         "prediction": list(row["predictions"]), "cer": utt["cer"],
+                                         "wer": utt["wer"], "mer": utt["mer"],
+                                         "errors": utt["char_sub"] + utt["char_del"] + utt["char_ins"],
+                                         "n_ref": utt["char_n_ref"]}))
+    return pd.DataFrame(results), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame())
+
+
+def ship_speed(results: pd.DataFrame, shipping: pd.DataFrame) -> pd.DataFrame:
+    """``results`` with the export rows' speed-up over the teacher taken from the shipping table's own timing run
+    (median ratio, the range the rounds allow, the verdict), not from the other run's teacher."""
+    table = results.copy()
+    teacher = shipping[shipping["runtime"] == "transformers"].iloc[0]
+    for name, row in shipping[shipping["runtime"] != "transformers"].iterrows():
+        i = table.index[table["model"] == name]
+        mine = {"min": row["compute_s_min"], "max": row["compute_s_max"]}
+        theirs = {"min": teacher["compute_s_min"], "max": teacher["compute_s_max"]}
+        table.loc[i, ["speed_up", "speed_up_low", "speed_up_high"]] = (
+            teacher["compute_s"] / row["compute_s"], teacher["compute_s_min"] / row["compute_s_max"],
+            teacher["compute_s_max"] / row["compute_s_min"])
+        table.loc[i, "speed_verdict"] = ("within timing noise" if stats.overlap(mine, theirs) else
+                                         "faster" if row["compute_s"] < teacher["compute_s"] else "slower")
+    return table
+
+
 def comparison_table(results: pd.DataFrame, test_set: str | None = None) -> pd.DataFrame:
     """The table to read first, one row per model: size; test CER with its 95 % interval, the paired difference
     from the teacher and its verdict; WER and MER; RTFx and the speed-up with the range of the timing rounds and

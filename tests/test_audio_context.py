@@ -34,12 +34,33 @@ def test_the_short_window_student_is_saved_with_its_rule_and_its_validation_figu
     run, p, metrics = short_run
     assert (run.student_short / "config.json").exists()
     rule = read_json(run.student_short / audio_context.RULE_FILE)
-    assert WindowRule(rule["margin_s"], rule["floor_s"], rule["round_to_s"]) == audio_context.window_rule(p)
+    chosen = [m for m in metrics["margins"] if m["chosen"]]
+    assert [m["margin_s"] for m in metrics["margins"]] == sorted(p.window_margins_s) and len(chosen) == 1
+    assert WindowRule(rule["margin_s"], rule["floor_s"], rule["round_to_s"]) == WindowRule(
+        chosen[0]["margin_s"], p.window_floor_s, p.window_round_s)
+    assert metrics["valid"]["short window, tuned"]["cer"] == chosen[0]["cer"]
     assert rule["source"] == "distilled student" and metrics["steps"] <= 4
     assert set(metrics["valid"]) == {"full window", "short window, untuned", "short window, tuned"}
     assert all(0 <= v["cer"] and v["utterances"] == len(load_manifest(run.data, "valid"))
                for v in metrics["valid"].values())
     assert read_json(run.phase_results("audio_context")) == metrics
+
+
+def _margins(cers: dict, tolerance=2.0, margins=None):
+    p = config.resolve("06_adalora", {"window_margins_s": margins if margins is not None else sorted(cers),
+                                      "window_cer_tolerance": tolerance})
+    return audio_context.choose_margin(p, lambda rule: {"cer": cers[rule.margin_s]}, full_cer=40.0)
+
+
+def test_the_margin_kept_is_the_smallest_within_the_tolerance_of_the_full_window_on_valid():
+    rule, rows = _margins({0.25: 50.0, 0.5: 41.5, 1.0: 40.5})
+    assert rule.margin_s == 0.5 and [r["chosen"] for r in rows] == [False, True, False]
+    assert _margins({0.25: 50.0, 0.5: 41.5, 1.0: 40.5}, tolerance=1.0)[0].margin_s == 1.0
+    assert _margins({0.5: 45.0, 1.0: 44.0, 1.5: 44.0})[0].margin_s == 1.0  # none close: lowest CER, smaller on a tie
+    rule, rows = _margins({0.5: 60.0}, margins=[])  # no candidates: window_margin_s alone
+    assert rule.margin_s == 0.5 and rows[0]["chosen"]
+    with pytest.raises(ValueError, match="window_margins_s"):
+        config.resolve("06_adalora", {"window_margins_s": [0.5, -1.0]})
 
 
 def test_the_phase_is_skipped_when_turned_off(short_run):

@@ -9,6 +9,7 @@ over full windows when told ``window=None`` or when the export has no rule; a lo
 """
 import dataclasses
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -144,8 +145,13 @@ def test_compare_exports_says_which_window(run, clips):
     assert text.score(table.loc["teacher short", "predictions"], table.loc["short export", "predictions"])["cer"] <= 5
 
 
-def test_ship_adds_the_short_window_rows(run, clips):
-    exports, table = export.ship(run.root, "distilled student", clips.head(4), ("float32",), rounds=1)
+@pytest.fixture(scope="module")
+def shipped(run, clips):
+    return export.ship(run.root, "distilled student", clips.head(4), ("float32",), rounds=1)
+
+
+def test_ship_adds_the_short_window_rows(run, shipped):
+    exports, table = shipped
     assert exports["short-window float32"] == run.exports["student_short"]
     assert list(table.index) == ["fine-tuned teacher (transformers fp32)", "distilled student (transformers fp32)",
                                  "distilled student (CTranslate2 float32)",
@@ -154,3 +160,37 @@ def test_ship_adds_the_short_window_rows(run, clips):
     assert list(table["window"]) == ["full"] * 3 + ["margin 0.5 s, floor 1 s"] * 2
     # here both students are the teacher's weights: the untuned row reads what the "tuned" one reads
     assert table["predictions"].iloc[3] == table["predictions"].iloc[4]
+
+
+def test_the_exports_become_rows_of_the_results_with_intervals_and_the_shipping_runs_speed_up(run, clips, shipped):
+    """The exports join results.csv (issue 27, item 3): one row each in the results table's shape, their
+    utterances in the predictions table, a CER interval and a paired difference from the teacher, and the speed-up
+    over the teacher from the shipping run in which they took turns with it."""
+    from helpers import report
+    _, table = shipped
+    rows = clips.head(4)
+    results, predictions = report.export_rows(table, "test", rows, "t2s")
+    exported = [name for name in table.index if "CTranslate2" in name]
+    assert list(results["model"]) == exported and set(results["runtime"]) == {"ctranslate2"}
+    assert all(Path(p).is_dir() for p in results["path"])
+    assert len(predictions) == len(exported) * len(rows)
+    assert list(predictions["reference"].iloc[:4]) == rows["text"].tolist()
+    per_model = predictions.groupby("model", sort=False)
+    for name, utt in per_model:
+        assert 100 * utt["errors"].sum() / utt["n_ref"].sum() == pytest.approx(table.loc[name, "cer"])
+    teacher = "fine-tuned teacher (transformers fp32)"
+    own = text.utterance_scores(rows["text"].tolist(), table.loc[teacher, "predictions"], fold="t2s")
+    main = pd.DataFrame([{"test_set": "test", "model": teacher, "status": "ok", "audio_s": rows["duration"].sum(),
+                          "compute_s": 99.0, "compute_s_min": 98.0, "compute_s_max": 100.0}])
+    main_utt = pd.DataFrame({"test_set": "test", "model": teacher, "errors": [s["char_sub"] + s["char_del"] +
+                                                                              s["char_ins"] for s in own],
+                             "n_ref": [s["char_n_ref"] for s in own]})
+    both = report.add_comparisons(pd.concat([main, results], ignore_index=True),
+                                  pd.concat([main_utt, predictions], ignore_index=True), teacher)
+    both = report.ship_speed(both, table).set_index("model")
+    for name in exported:
+        assert both.loc[name, "cer_low"] <= both.loc[name, "cer"] <= both.loc[name, "cer_high"]
+        assert pd.notna(both.loc[name, "cer_diff"]) and both.loc[name, "cer_verdict"] is not None
+        # the speed-up comes from the shipping run (compute_s 99 s in the other table would make it huge)
+        ratio = table.loc[teacher, "compute_s"] / table.loc[name, "compute_s"]
+        assert both.loc[name, "speed_up"] == pytest.approx(ratio)

@@ -210,7 +210,7 @@ def adalora_ranks(planned: pd.DataFrame, budget: list[dict], ranks: pd.DataFrame
 def model_comparison(results: pd.DataFrame, test_set: str):
     """Left: test CER per model with its 95 % bootstrap interval. Middle: speed-up over the reference model, the
     whisker spanning what the timing rounds allow. Right: accuracy against speed, one point per model (lower
-    right is better). From ``report.add_comparisons``."""
+    right is better). From ``report.add_comparisons``; an export (no parameter count) is labelled with its size."""
     rows = results[(results["test_set"] == test_set) & (results["status"] == "ok")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     names = rows["model"].tolist()
@@ -234,7 +234,8 @@ def model_comparison(results: pd.DataFrame, test_set: str):
     for (_, r), color in zip(rows.iterrows(), colors):
         axes[2].errorbar(r["rtfx"], r["cer"], yerr=[[r["cer"] - r["cer_low"]], [r["cer_high"] - r["cer"]]],
                          xerr=[[r["rtfx"] - r["rtfx_low"]], [r["rtfx_high"] - r["rtfx"]]], fmt="o", color=color,
-                         capsize=3, label=f"{r['model']} ({r['params_M']:.1f}M)")
+                         capsize=3, label=f"{r['model']} ({r['params_M']:.1f}M)" if pd.notna(r.get("params_M"))
+                         else f"{r['model']} ({r['size_MB']:.1f} MB)")
     axes[2].set(xlabel="RTFx (audio s per compute s), higher is faster", ylabel="CER (%)",
                 title="accuracy against speed")
     axes[2].legend(fontsize=7)
