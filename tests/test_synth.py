@@ -268,6 +268,31 @@ def test_render_pads_a_clean_clip_with_exactly_0_2_s_of_silence_at_16_khz(clean_
     assert clean_clip[pad:-pad].any()
 
 
+def test_render_pads_with_the_rows_own_lead_and_tail():
+    row = {**_row(), "lead_s": 0.05, "tail_s": 0.5}
+    clip = synth.render(row)
+    lead, tail = int(0.05 * SR), int(0.5 * SR)
+    assert not clip[:lead].any() and clip[lead:lead + SR // 10].any()  # speech right after its lead-in
+    assert not clip[-tail:].any()
+    assert len(clip) == pytest.approx(len(synth.render(_row())) - 2 * int(0.2 * SR) + lead + tail, abs=2)
+
+
+def test_render_shrinks_the_pads_of_a_clip_that_would_outgrow_the_window():
+    speech = len(synth.render({**_row(), "lead_s": 0.0, "tail_s": 0.0})) / SR
+    long_pads = synth.render({**_row(), "lead_s": 5.0, "tail_s": 5.0})
+    assert len(long_pads) / SR == pytest.approx(max(synth.MAX_CLIP_S, speech), abs=0.01)
+
+
+def test_plan_corpus_draws_each_clips_lead_and_tail_apart_from_its_text():
+    splits = synth.default_splits(40, 10, seed=0)
+    plan = synth.plan_corpus(splits, seed=0)
+    leads, tails = [r["lead_s"] for r in plan], [r["tail_s"] for r in plan]
+    low, high = synth.PAD_S
+    assert all(low <= v <= high for v in leads + tails)
+    assert len(set(leads)) > len(plan) // 2 and leads != tails  # varied: no fixed lead-in to learn
+    assert synth.plan_corpus(splits, seed=0) == plan
+
+
 def test_render_adds_noise_to_noisy_rows_even_in_the_padding():
     noisy = synth.render(_row(text="你好", noise="white", snr_db=10.0))
     assert np.abs(noisy[: int(0.2 * SR)]).max() > 0

@@ -109,7 +109,7 @@ def _join(records: list[dict], gaps: list[int], out_path: Path, sampling_rate: i
         gap = gaps[i - 1] if i else 0
         if gap and rng is not None:
             fill = pause_noise(backgrounds[i - 1], backgrounds[i], gap + 2 * fade, rng, sampling_rate)
-            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)  # clips are longer than the fade (0.2 s lead-in)
+            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)  # clips are longer than the fade
             parts[-1] = parts[-1].copy()
             parts[-1][-fade:] = parts[-1][-fade:] * (1 - ramp) + fill[:fade] * ramp
             wave = wave.copy()
