@@ -41,8 +41,8 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                     base_model=str(TINY_TEACHER), min_duration_s=0.1, min_peak_dbfs=-60.0, min_rms_dbfs=-70.0,
                     max_chars_per_s=15.0),
     "02_breeze_finetune": dict(base_model=str(TINY_TEACHER), max_steps=300, per_device_train_batch_size=16,
-                               gradient_accumulation_steps=1, learning_rate=1e-3, warmup_steps=30, eval_steps=50,
-                               save_steps=50, early_stopping_patience=3, fp16=False, bf16=False,
+                               gradient_accumulation_steps=1, learning_rate=1e-3, warmup_steps=30, eval_steps=100,
+                               save_steps=100, early_stopping_patience=3, fp16=False, bf16=False,
                                gradient_checkpointing=False, use_lora=False, lora_r=32, load_in_8bit=False,
                                generation_max_length=96, per_device_eval_batch_size=32, resume=False,
                                language="zh", task="transcribe", num_processes=1),
@@ -66,7 +66,7 @@ NOTEBOOK_PARAMS: dict[str, dict] = {
                        window_margin_s=0.5, window_floor_s=1.0, window_round_s=0.5, window_train_margin_s=1.5,
                        window_margins_s=[0.5, 1.0], window_cer_tolerance=2.0),
     "07_eval": dict(models=None, test_sets=None, batch_size=32, speed_rounds=3, speculative=True,
-                    speculative_limit=50, fold="t2s", num_worst=5, export_quantization="int8"),
+                    speculative_limit=30, fold="t2s", num_worst=5, export_quantization="int8"),
 }
 
 # What the two GPU profiles share: Breeze-ASR-25 on Common Voice zh-TW, 30 s clips, 448-token transcripts, the

@@ -129,7 +129,9 @@ def key_figures(run_dir: Path) -> list[str]:
     if (m := read_json(run.results)):
         for r in m["results"]:
             if r.get("status") == "ok" and r.get("rtfx") is not None:
-                lines.append(f"eval {r['test_set']}: {r['model']} CER {r['cer']:.1f}%, {r['params_M']:.2f}M params, "
+                size = (f"{r['params_M']:.2f}M params" if r.get("params_M") is not None
+                        else f"{r['size_MB']:.1f} MB ({r.get('runtime')} {r.get('quantization')})")
+                lines.append(f"eval {r['test_set']}: {r['model']} CER {r['cer']:.1f}%, {size}, "
                              f"RTFx {r['rtfx']:.0f} ({r['speed_up']:.2f}x the {m['reference']})"
                              + (f", window {r['window']}" if r.get("window", "full") != "full" else ""))
             elif r.get("status") != "ok":

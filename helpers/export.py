@@ -234,8 +234,9 @@ def export_model(model: str | Path, run_dir: str | Path | None = None, *, quanti
 # Side by side with the transformers model (notebook 07), and the command line
 # ---------------------------------------------------------------------------------------------
 def window_text(rule: WindowRule | None) -> str:
-    """A window rule for a table: ``"margin 0.5 s, floor 1 s"``, or ``"full"`` for the model's full window."""
-    return "full" if rule is None else f"margin {rule.margin_s:g} s, floor {rule.floor_s:g} s"
+    """A window rule for a table, in the words of the evaluation's rows (``WindowRule.describe``), or ``"full"`` for
+    the model's full window."""
+    return "full" if rule is None else rule.describe()
 
 
 def _contenders(models: dict, threads: int) -> dict[str, tuple[LoadedWhisper | Export, WindowRule | None]]:

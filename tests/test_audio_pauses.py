@@ -1,6 +1,6 @@
 """audio.cut_at_pauses: pieces of a long recording that fit a window, cut where the speaker pauses.
 
-The recording: the synthetic corpus's clips (espeak speech, most with noise, 0.2 s of padding either side),
+The recording: the synthetic corpus's clips (espeak speech, most with noise, 0.05-0.6 s of padding either side),
 repeated at random gains with random pauses between them, under a faint room tone, for three minutes.
 """
 import random
@@ -13,23 +13,25 @@ import soundfile as sf
 from helpers.speech import audio
 
 SR = 16_000
-PAD = 0.2  # synth.render's padding either side of the speech
 
 
 @pytest.fixture(scope="module")
 def recording(synthetic_run, tmp_path_factory):
     """``(path, samples, clips)``: ~3 minutes of clips with pauses of 0.4-1.5 s, written as a float wav; ``clips``
-    holds each clip's start and end (seconds)."""
+    holds each clip's speech: start and end (seconds), its padding left out (the corpus's lead_s and tail_s)."""
     _, result = synthetic_run
     rows = pd.concat([result[s] for s in ("train", "test", "unlabelled")], ignore_index=True)
     waves = [audio.read_row(r, SR) for r in rows.to_dict("records")]
+    pads = rows[["lead_s", "tail_s"]].to_numpy()
     rng, noise = random.Random(0), np.random.default_rng(0)
     parts, clips, at = [], [], 0
     while at < 180 * SR:
         gap = np.zeros(int(rng.uniform(0.4, 1.5) * SR), np.float32)
-        clip = waves[len(clips) % len(waves)] * rng.uniform(0.3, 1.0)
+        i = len(clips) % len(waves)
+        clip = waves[i] * rng.uniform(0.3, 1.0)
         parts += [gap, clip]
-        clips.append((at + len(gap), at + len(gap) + len(clip)))
+        start, end = at + len(gap), at + len(gap) + len(clip)
+        clips.append((start + pads[i][0] * SR, end - pads[i][1] * SR))
         at += len(gap) + len(clip)
     parts.append(np.zeros(SR, np.float32))
     samples = np.concatenate(parts)
@@ -40,7 +42,7 @@ def recording(synthetic_run, tmp_path_factory):
 
 
 def inside_speech(t: float, clips) -> bool:
-    return any(s + PAD + 0.01 < t < e - PAD - 0.01 for s, e in clips)
+    return any(s + 0.01 < t < e - 0.01 for s, e in clips)
 
 
 @pytest.mark.parametrize("max_s", [5.0, 30.0])
@@ -53,7 +55,7 @@ def test_pieces_fit_the_window_and_end_in_pauses(recording, max_s):
     cuts = [t for piece in pieces for t in piece]
     assert [t for t in cuts if inside_speech(t, clips)] == []
     for s, e in clips:  # nothing is dropped: every clip's speech lies within one piece
-        assert any(ps <= s + PAD and e - PAD <= pe for ps, pe in pieces), (s, e)
+        assert any(ps <= s and e <= pe for ps, pe in pieces), (s, e)
 
 
 def test_quieter_recording_is_cut_at_the_same_pauses(recording):

@@ -174,11 +174,16 @@ def test_key_figures_read_the_evaluation_results(tmp_path):
         "reference": "fine-tuned teacher",
         "results": [{"test_set": "test", "model": "distilled student", "status": "ok", "cer": 41.04, "params_M": 3.38,
                      "rtfx": 251.3, "speed_up": 1.54},
+                    {"test_set": "test", "model": "distilled student (CTranslate2 int8)", "status": "ok", "cer": 42.0,
+                     "params_M": None, "size_MB": 3.63, "runtime": "ctranslate2", "quantization": "int8",
+                     "rtfx": 280.0, "speed_up": 1.6},
                     {"test_set": "test", "model": "broken", "status": "FileNotFoundError: gone", "cer": None}],
         "speculative": {"teacher": "fine-tuned teacher", "assistant_model": "distilled student", "differ": 0,
                         "utterances": 50, "speed_up": 0.7}})
     assert course.key_figures(tmp_path) == [
         "eval test: distilled student CER 41.0%, 3.38M params, RTFx 251 (1.54x the fine-tuned teacher)",
+        "eval test: distilled student (CTranslate2 int8) CER 42.0%, 3.6 MB (ctranslate2 int8), RTFx 280 (1.60x the "
+        "fine-tuned teacher)",
         "eval test: broken failed (FileNotFoundError: gone)",
         "speculative decoding (fine-tuned teacher + distilled student): 0 of 50 transcripts differ from the "
         "teacher's, 0.70x its speed"]

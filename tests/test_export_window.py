@@ -140,7 +140,7 @@ def test_compare_exports_says_which_window(run, clips):
                                     "short export": run.exports["student_short"],
                                     "short export full": (run.exports["student_short"], None)},
                                    clips.head(6), rounds=1, warmup=1, threads=2)
-    assert list(table["window"]) == ["full", "margin 0.5 s, floor 1 s", "margin 0.5 s, floor 1 s", "full"]
+    assert list(table["window"]) == ["full", RULE.describe(), RULE.describe(), "full"]
     assert text.score(table.loc["teacher", "predictions"], table.loc["short export full", "predictions"])["cer"] <= 5
     assert text.score(table.loc["teacher short", "predictions"], table.loc["short export", "predictions"])["cer"] <= 5
 
@@ -157,7 +157,7 @@ def test_ship_adds_the_short_window_rows(run, shipped):
                                  "distilled student (CTranslate2 float32)",
                                  "short-window student (CTranslate2 float32, short window)",
                                  "distilled student (CTranslate2 float32, short window, untuned)"]
-    assert list(table["window"]) == ["full"] * 3 + ["margin 0.5 s, floor 1 s"] * 2
+    assert list(table["window"]) == ["full"] * 3 + [RULE.describe()] * 2
     # here both students are the teacher's weights: the untuned row reads what the "tuned" one reads
     assert table["predictions"].iloc[3] == table["predictions"].iloc[4]
 

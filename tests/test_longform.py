@@ -1,7 +1,8 @@
 """Long recordings: make_long_recording, the pauses path (tiny teacher, transformers and its int8 export), the
 timestamps path (a random Whisper of the standard layout), .srt/.txt, and the errors.
 
-The recording: ten clean synthetic sentences in the tiny teacher's own voices (espeak, ~3 s each) with pauses of
+The recording: ten clean synthetic sentences in the tiny teacher's own voices (espeak, ~3 s each, 0.2 s of silence
+either side as in the teacher's pretraining) with pauses of
 0.8-1.5 s between them, ~40 s in all, eight times the teacher's 5 s window. Two neighbouring sentences never fit one
 window together, so the pieces are the sentences, and the segment times can be checked against the clips'.
 """
@@ -30,7 +31,7 @@ def recording(tmp_path_factory):
     speakers = synth.make_speakers(["cmn+f1", "cmn+m1", "cmn+f2", "cmn+m3"], 1, random.Random(0), "lf")
     rows = []
     for row in synth.plan_corpus([synth.SplitSpec("long", 10, speakers, register="generic")], seed=3):
-        audio = synth.render(row)
+        audio = synth.render({**row, "lead_s": 0.2, "tail_s": 0.2})  # the tiny teacher's own clips: 0.2 s either side
         sf.write(folder / f"{row['id']}.wav", audio, synth.SAMPLING_RATE)
         rows.append({"audio": str(folder / f"{row['id']}.wav"), "text": row["text"], "duration": len(audio) / 16_000})
     rows = pd.DataFrame(rows)

@@ -350,10 +350,11 @@ def plan_corpus(splits: list[SplitSpec], seed: int = 0, max_syllables: int = 14)
     return rows
 
 
-def render(row: dict, sample_rate: int = SAMPLING_RATE) -> np.ndarray:
+def render(row: dict, sample_rate: int = SAMPLING_RATE, with_pads: bool = False):
     """Synthesise one planned utterance at ``sample_rate`` Hz, with its noise, and ``lead_s`` / ``tail_s`` seconds
     of padding before and after the speech (0.2 s when the row has none), both shrunk alike when the clip would
-    outgrow :data:`MAX_CLIP_S`."""
+    outgrow :data:`MAX_CLIP_S`. Returns the samples, or with ``with_pads`` ``(samples, (lead_s, tail_s))`` with the
+    padding it got (where the speech starts and ends)."""
     import librosa
 
     engine = Espeak.get()
@@ -363,19 +364,20 @@ def render(row: dict, sample_rate: int = SAMPLING_RATE) -> np.ndarray:
     room = MAX_CLIP_S - len(audio) / sample_rate
     if lead + tail > room:
         lead, tail = (max(room, 0.0) * s / (lead + tail) for s in (lead, tail))
-    audio = np.concatenate([np.zeros(int(lead * sample_rate), np.float32), audio,
-                            np.zeros(int(tail * sample_rate), np.float32)])
+    lead_n, tail_n = int(lead * sample_rate), int(tail * sample_rate)
+    audio = np.concatenate([np.zeros(lead_n, np.float32), audio, np.zeros(tail_n, np.float32)])
     if row["noise"] != "none":
         audio = add_noise(audio, row["noise"], row["snr_db"], np.random.default_rng(row["noise_seed"]))
-    return audio.astype(np.float32)
+    audio = audio.astype(np.float32)
+    return (audio, (lead_n / sample_rate, tail_n / sample_rate)) if with_pads else audio
 
 
 def write_corpus(out_dir: str | Path, splits: list[SplitSpec], seed: int = 0, progress: bool = True,
                  max_syllables: int = 14) -> Path:
     """Synthesise every planned utterance to ``out_dir/wav/<id>.wav`` (16 kHz, 16-bit) and write
     ``out_dir/manifest.jsonl`` (one row per clip: audio path relative to ``out_dir``, text, duration in
-    seconds, split, source, speaker, noise). Returns the manifest path. Reuses a finished corpus that
-    was made with the same plan."""
+    seconds, split, source, speaker, noise, and ``lead_s`` / ``tail_s``: the silence before and after the speech).
+    Returns the manifest path. Reuses a finished corpus that was made with the same plan."""
     import soundfile as sf
     from tqdm.auto import tqdm
 
@@ -388,12 +390,13 @@ def write_corpus(out_dir: str | Path, splits: list[SplitSpec], seed: int = 0, pr
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     rows = []
     for row in tqdm(plan, desc="synthesising speech", unit="clip", disable=not progress):
-        audio = render(row)
+        audio, (lead, tail) = render(row, with_pads=True)
         rel = Path("wav") / f"{row['id']}.wav"
         sf.write(out_dir / rel, audio, SAMPLING_RATE, subtype="PCM_16")
         rows.append({"audio": rel.as_posix(), "text": row["text"], "duration": round(len(audio) / SAMPLING_RATE, 3),
                      "split": row["split"], "source": "synthetic", "speaker": row["speaker_id"],
-                     "voice": row["voice"], "noise": row["noise"], "snr_db": row["snr_db"]})
+                     "voice": row["voice"], "noise": row["noise"], "snr_db": row["snr_db"],
+                     "lead_s": round(lead, 4), "tail_s": round(tail, 4)})
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     tmp.replace(manifest)
