@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers.speech import synth, text  # noqa: E402
+from helpers.speech import grammar, synth, text  # noqa: E402
 from helpers.speech.collate import WhisperCollator, read_audio  # noqa: E402
 from helpers.whisper.models import TINY_TEACHER, build_tokenizer, new_tiny_whisper, save_whisper  # noqa: E402
 
@@ -59,7 +59,7 @@ def main(argv=None):
     print(f"corpus: {len(rows)} clips in {time.time() - started:.0f} s")
 
     tok_rng = random.Random(args.seed + 1)  # the tokenizer sees grammar text, like a multilingual BPE would
-    tokenizer = build_tokenizer([synth.make_sentence(tok_rng) for _ in range(20_000)], args.vocab_size)
+    tokenizer = build_tokenizer([grammar.make_sentence(tok_rng) for _ in range(20_000)], args.vocab_size)
     model, processor = new_tiny_whisper(tokenizer, seed=args.seed)
     fe = processor.feature_extractor
 

@@ -271,10 +271,11 @@ def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None =
     ``runtime``, ``quantization``, ``window`` (:func:`window_text`), ``size_mb`` (MB: a transformers model's
     weights in the dtype it runs in, i.e. its safetensors saved so; an export's folder on disk),
     ``cer``/``wer``/``mer``/``exact_match`` against ``rows["text"]`` (``text.score`` with ``fold``),
-    ``cer_vs_reference`` (against the ``reference`` model's transcripts), ``rtfx`` and ``compute_s`` (median of
-    the rounds) with their ``_min``/``_max``, ``encoder_s`` and ``decoder_s`` (median), ``speed_up`` (median RTFx
-    over the reference's; ``reference`` defaults to the first model) and ``predictions``. Raises ``ValueError``
-    for an unknown ``reference`` or an export loaded with other threads.
+    ``cer_vs_reference`` (against the ``reference`` model's transcripts), ``audio_s`` (the seconds it read),
+    ``rtfx`` and ``compute_s`` (median of the rounds) with their ``_min``/``_max``, ``encoder_s`` and
+    ``decoder_s`` (median), ``speed_up`` (median RTFx over the reference's; ``reference`` defaults to the first
+    model) and ``predictions``. Raises ``ValueError`` for an unknown ``reference`` or an export loaded with other
+    threads.
     """
     import torch
 

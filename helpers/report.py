@@ -77,7 +77,7 @@ def export_rows(shipping: pd.DataFrame, test_set: str, rows: pd.DataFrame, fold:
                         "status": "ok", "runtime": row["runtime"], "quantization": row["quantization"],
                         "size_MB": row["size_mb"] * 1e6 / 2**20, "window": row["window"], "utterances": len(rows),
                         "cer": row["cer"], "wer": row["wer"], "mer": row["mer"], "exact_match": row["exact_match"],
-                        "audio_s": rows["duration"].sum(), "compute_s": row["compute_s"],
+                        "audio_s": row["audio_s"], "compute_s": row["compute_s"],
                         "compute_s_min": row["compute_s_min"], "compute_s_max": row["compute_s_max"],
                         "rtfx": row["rtfx"], "encoder_s": row["encoder_s"], "decoder_s": row["decoder_s"],
                         "timed_against": f"{teacher.name}, same timing run"})

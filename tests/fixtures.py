@@ -50,11 +50,11 @@ def synthetic_run(tmp_path_factory):
 def build_tiny_whisper():
     """``(model, processor)``: tokenizer of 300 BPE tokens + 10 specials, a 1+1-layer width-64 Whisper."""
     if "tiny_whisper" not in _CACHE:
-        from helpers.speech import synth
+        from helpers.speech import grammar
         from helpers.whisper import models
 
         rng = random.Random(0)
-        texts = [synth.make_sentence(rng) for _ in range(200)]
+        texts = [grammar.make_sentence(rng) for _ in range(200)]
         tokenizer = models.build_tokenizer(texts, vocab_size=300)
         _CACHE["tiny_whisper"] = models.new_tiny_whisper(tokenizer, d_model=64, layers=1, heads=2, ffn=128)
     return _CACHE["tiny_whisper"]

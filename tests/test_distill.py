@@ -133,12 +133,12 @@ def test_distillation_in_cache_mode_trains_the_decoder_and_leaves_frozen_weights
 def test_distillation_refuses_a_student_with_another_vocabulary(tmp_path, synthetic_run):
     import random
 
-    from helpers.speech import synth
+    from helpers.speech import grammar
     from helpers.whisper import models
     _, result = synthetic_run
     teacher, _ = pair()
     rng = random.Random(7)
-    other_tok = models.build_tokenizer([synth.make_sentence(rng) for _ in range(100)], vocab_size=280)
+    other_tok = models.build_tokenizer([grammar.make_sentence(rng) for _ in range(100)], vocab_size=280)
     other = LoadedWhisper(models.new_tiny_whisper(other_tok, d_model=64, layers=1, heads=2, ffn=128)[0],
                           models.new_tiny_whisper(other_tok, d_model=64, layers=1, heads=2, ffn=128)[1], "other")
     p = SimpleNamespace(**config.defaults("05_distill"))

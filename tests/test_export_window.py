@@ -190,6 +190,8 @@ def test_the_exports_become_rows_of_the_results_with_intervals_and_the_shipping_
     both = report.ship_speed(both, table).set_index("model")
     for name in exported:
         assert both.loc[name, "cer_low"] <= both.loc[name, "cer"] <= both.loc[name, "cer_high"]
+        # the RTFx range is that of the audio the export read, so it holds its median (the plot's whiskers)
+        assert both.loc[name, "rtfx_low"] <= both.loc[name, "rtfx"] <= both.loc[name, "rtfx_high"]
         assert pd.notna(both.loc[name, "cer_diff"]) and both.loc[name, "cer_verdict"] is not None
         # the speed-up comes from the shipping run (compute_s 99 s in the other table would make it huge)
         ratio = table.loc[teacher, "compute_s"] / table.loc[name, "compute_s"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers.speech import synth
+from helpers.speech import grammar, synth
 
 SR = synth.SAMPLING_RATE  # 16 kHz
 
@@ -37,15 +37,15 @@ def rms(x):
     (99_999, "九萬九千九百九十九"),
 ])
 def test_chinese_number_reads_integers_as_spoken_mandarin(n, expected):
-    assert synth.chinese_number(n) == expected
+    assert grammar.chinese_number(n) == expected
 
 
 def test_chinese_number_without_liang_reads_two_as_er():
-    assert synth.chinese_number(2000) == "二千"
+    assert grammar.chinese_number(2000) == "二千"
 
 
 def test_chinese_number_with_liang_reads_two_thousand_as_liang_qian():
-    assert synth.chinese_number(2000, liang=True) == "兩千"
+    assert grammar.chinese_number(2000, liang=True) == "兩千"
 
 
 @pytest.mark.parametrize("n, expected", [
@@ -55,13 +55,13 @@ def test_chinese_number_with_liang_reads_two_thousand_as_liang_qian():
     (222, "兩百二十二"),  # only the hundreds and above take 兩
 ])
 def test_chinese_number_liang_applies_to_hundreds_and_above_and_to_bare_two(n, expected):
-    assert synth.chinese_number(n, liang=True) == expected
+    assert grammar.chinese_number(n, liang=True) == expected
 
 
 @pytest.mark.parametrize("n", [-1, 100_000])
 def test_chinese_number_outside_0_to_99999_raises(n):
     with pytest.raises(ValueError, match="0..99999"):
-        synth.chinese_number(n)
+        grammar.chinese_number(n)
 
 
 # ---------------------------------------------------------------- grammar
@@ -69,35 +69,35 @@ def test_chinese_number_outside_0_to_99999_raises(n):
 
 def test_syllables_counts_one_per_cjk_character_and_two_per_english_word():
     # 記 得 寄 給 他 = 5 characters, "email" = 2 -> 7
-    assert synth.syllables("記得寄email給他") == 7
+    assert grammar.syllables("記得寄email給他") == 7
 
 
 def test_make_sentence_never_exceeds_max_syllables():
     rng = random.Random(0)
-    sentences = [synth.make_sentence(rng, max_syllables=10) for _ in range(100)]
-    assert max(synth.syllables(s) for s in sentences) <= 10
+    sentences = [grammar.make_sentence(rng, max_syllables=10) for _ in range(100)]
+    assert max(grammar.syllables(s) for s in sentences) <= 10
 
 
 def test_make_sentence_refuses_a_syllable_limit_no_sentence_can_meet():
     # the shortest sentences have 6 syllables (今天 + 基隆 + 很熱)
     with pytest.raises(ValueError, match="no sentence of at most 3 syllables"):
-        synth.make_sentence(random.Random(0), max_syllables=3)
+        grammar.make_sentence(random.Random(0), max_syllables=3)
 
 
 def test_make_sentence_is_determined_by_the_rng_state():
-    assert synth.make_sentence(random.Random(5)) == synth.make_sentence(random.Random(5))
+    assert grammar.make_sentence(random.Random(5)) == grammar.make_sentence(random.Random(5))
 
 
 def test_make_sentence_rejects_an_unknown_register_naming_the_known_ones():
     with pytest.raises(ValueError, match="generic.*mixed.*office"):
-        synth.make_sentence(random.Random(0), register="poetry")
+        grammar.make_sentence(random.Random(0), register="poetry")
 
 
 def test_office_register_always_code_switches_and_generic_register_never_does():
     # every office template has an English word; no generic template or slot does
     rng = random.Random(1)
-    office = [synth.make_sentence(rng, "office", max_syllables=30) for _ in range(30)]
-    generic = [synth.make_sentence(rng, "generic", max_syllables=30) for _ in range(30)]
+    office = [grammar.make_sentence(rng, "office", max_syllables=30) for _ in range(30)]
+    generic = [grammar.make_sentence(rng, "generic", max_syllables=30) for _ in range(30)]
     assert all(any(c.isascii() and c.isalpha() for c in s) for s in office)
     assert not any(c.isascii() and c.isalpha() for s in generic for c in s)
 
@@ -105,12 +105,12 @@ def test_office_register_always_code_switches_and_generic_register_never_does():
 def test_every_grammar_character_is_read_by_the_mandarin_voice():
     # espeak marks a character it cannot read in Mandarin by switching to English: "(en)...(cmn)"
     engine = synth.Espeak.get()
-    unread = sorted(c for c in synth.grammar_characters() if "(en)" in engine.phonemes(c))
+    unread = sorted(c for c in grammar.grammar_characters() if "(en)" in engine.phonemes(c))
     assert unread == []
 
 
 def test_grammar_characters_are_all_cjk_and_include_the_number_words():
-    chars = synth.grammar_characters()
+    chars = grammar.grammar_characters()
     assert all("\u4e00" <= c <= "\u9fff" for c in chars)
     assert set("零一二三四五六七八九十百千萬兩") <= chars
 
@@ -145,7 +145,7 @@ def test_plan_corpus_gives_an_snr_exactly_to_the_noisy_clips():
 
 def test_plan_corpus_respects_max_syllables():
     plan = synth.plan_corpus(synth.default_splits(20, 5), seed=0, max_syllables=9)
-    assert max(synth.syllables(r["text"]) for r in plan) <= 9
+    assert max(grammar.syllables(r["text"]) for r in plan) <= 9
 
 
 def test_default_splits_keep_test_voices_and_noise_kinds_out_of_train():
