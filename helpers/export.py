@@ -273,7 +273,8 @@ def compare_exports(models: dict, rows: pd.DataFrame, *, reference: str | None =
     ``cer``/``wer``/``mer``/``exact_match`` against ``rows["text"]`` (``text.score`` with ``fold``),
     ``cer_vs_reference`` (against the ``reference`` model's transcripts), ``audio_s`` (the seconds it read),
     ``rtfx`` and ``compute_s`` (median of the rounds) with their ``_min``/``_max``, ``encoder_s`` and
-    ``decoder_s`` (median), ``speed_up`` (median RTFx over the reference's; ``reference`` defaults to the first
+    ``decoder_s`` (median), ``outputs`` and ``looped`` (transcripts that ran into the token budget or repeat
+    themselves at the end), ``speed_up`` (median RTFx over the reference's; ``reference`` defaults to the first
     model) and ``predictions``. Raises ``ValueError`` for an unknown ``reference`` or an export loaded with other
     threads.
     """
@@ -317,10 +318,12 @@ def _table_row(m: LoadedWhisper | Export, rule: WindowRule | None, timed, refere
             "quantization": str(m.model.dtype).removeprefix("torch.") if hf else m.manifest["quantization"],
             "window": window_text(rule), "size_mb": size / 1e6, **score(refs, preds, fold=fold),
             "cer_vs_reference": score(reference.outputs[0][0], preds, fold=fold)["cer"],
-            "rtfx": median["audio_s"] / timed.median, "rtfx_min": median["audio_s"] / timed.max,
-            "rtfx_max": median["audio_s"] / timed.min, "compute_s": timed.median,
+            "audio_s": median["audio_s"], "rtfx": median["audio_s"] / timed.median,
+            "rtfx_min": median["audio_s"] / timed.max, "rtfx_max": median["audio_s"] / timed.min,
+            "compute_s": timed.median,
             "compute_s_min": timed.min, "compute_s_max": timed.max,
-            "encoder_s": median["encoder_s"], "decoder_s": median["decoder_s"], "predictions": preds}
+            "encoder_s": median["encoder_s"], "decoder_s": median["decoder_s"], "outputs": median["outputs"],
+            "looped": median["looped"], "predictions": preds}
 
 
 def ship(run_dir: str | Path, student: str, rows: pd.DataFrame, quantizations=("int8", "float32"),

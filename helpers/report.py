@@ -80,6 +80,7 @@ def export_rows(shipping: pd.DataFrame, test_set: str, rows: pd.DataFrame, fold:
                         "audio_s": row["audio_s"], "compute_s": row["compute_s"],
                         "compute_s_min": row["compute_s_min"], "compute_s_max": row["compute_s_max"],
                         "rtfx": row["rtfx"], "encoder_s": row["encoder_s"], "decoder_s": row["decoder_s"],
+                        "outputs": row["outputs"], "looped": row["looped"],
                         "timed_against": f"{teacher.name}, same timing run"})
         utt = pd.DataFrame(text.utterance_scores(refs, list(row["predictions"]), fold=fold))
         predictions.append(pd.DataFrame({"test_set": test_set, "model": name, "audio": rows["audio"].to_numpy(),

@@ -156,10 +156,17 @@ def test_adalora_notebook_trains_the_given_schedule_and_merges_exactly(adalora_n
 def test_eval_notebook_compares_every_stage_and_checks_speculative_decoding(adalora_notebook, run_dir):
     nb = run("07_eval", run_dir, run_dir=str(run_dir), batch_size=4, speed_rounds=1, speculative_limit=3)
     results = json.loads((run_dir / "eval" / "results.json").read_text("utf-8"))
-    assert [r["model"] for r in results["results"]] == ["base teacher", "fine-tuned teacher", "student before KD",
-                                                        "distilled student", "AdaLoRA student", "short-window student",
-                                                        f"{short_source(run_dir)}, short window untuned"]
-    assert all(r["status"] == "ok" for r in results["results"]) and results["reference"] == "fine-tuned teacher"
+    transformers = [r["model"] for r in results["results"] if r["runtime"] == "transformers"]
+    assert transformers == ["base teacher", "fine-tuned teacher", "student before KD", "distilled student",
+                            "AdaLoRA student", "short-window student", f"{short_source(run_dir)}, short window untuned"]
+    exported = [r for r in results["results"] if r["runtime"] == "ctranslate2"]  # the shipping step's exports
+    best = results["best_student"]
+    assert [r["model"] for r in exported] == [f"{best} (CTranslate2 int8)", f"{best} (CTranslate2 float32)",
+                                              "short-window student (CTranslate2 int8, short window)",
+                                              f"{best} (CTranslate2 int8, short window, untuned)"]
+    assert len(results["results"]) == len(transformers) + len(exported)
+    assert all(r["status"] == "ok" and r["looped"] <= r["outputs"] for r in results["results"])
+    assert results["reference"] == "fine-tuned teacher"
     assert results["speculative"]["differ"] == 0 and results["speculative"]["utterances"] == 3
     assert "0 transcripts differ from the teacher's greedy ones" in stdout(nb)
 
