@@ -45,6 +45,36 @@ def test_a_loop_is_a_repeated_tail(tokens, loop):
     assert budget.repeats_at_end(tokens) is loop
 
 
+def guard_stop(tokens: list[int]) -> list[int]:
+    """Where greedy decoding with the guard would stop: the first prefix on which it fires (or all the tokens)."""
+    for end in range(1, len(tokens) + 1):
+        if budget.RepetitionGuard()(torch.tensor([tokens[:end]])).item():
+            return tokens[:end]
+    return tokens
+
+
+def transcripts(seed: int) -> list[list[int]]:
+    """Token sequences of many kinds: plain text, loops of every period up to past MAX_PERIOD, loops that start
+    late, that stop short of counting, that end and go on with text, stutters."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for period in range(1, budget.MAX_PERIOD + 3):
+        gram = rng.integers(0, 50, period).tolist()
+        for repeats in (2, 3, 4, 6, 30):
+            head, tail = rng.integers(0, 50, int(rng.integers(0, 20))).tolist(), rng.integers(0, 50, 5).tolist()
+            out.append(head + gram * repeats + tail)
+    out += [rng.integers(0, 50, n).tolist() for n in (0, 5, 40, 120)] + [[7, 7, 7, 8, 8, 8] * 3]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_transcript_is_cut_where_the_guard_would_have_stopped_decoding(seed):
+    """CTranslate2 cannot stop a sequence on a loop: its transcript is cut afterwards, to the same text."""
+    for tokens in transcripts(seed):
+        cut, stopped = budget.cut_loop(tokens)
+        assert cut == guard_stop(tokens) and stopped is (len(cut) < len(tokens) or budget.repeats_at_end(cut))
+
+
 def test_the_guard_stops_looping_rows_only_and_remembers_them():
     guard = budget.RepetitionGuard()
     ids = torch.tensor([[1] * 30, list(range(30))])
@@ -71,3 +101,27 @@ def test_a_broken_model_stops_within_its_budget_and_its_loops_are_counted(tmp_pa
     assert stats["decoder_steps"] <= 2 * (66 + 4)
     metrics, _ = decode.transcribe_and_score(loaded.model, loaded.processor, rows, 2, progress=False)
     assert metrics["looped"] == 3
+
+
+def test_a_broken_models_export_stops_its_loops_where_transformers_does(tmp_path):
+    """The same broken model through transformers (guard while decoding) and its CTranslate2 float32 export (cut
+    afterwards): the same transcripts, every one counted as looped."""
+    from helpers import export
+    from helpers.whisper import runtime
+
+    loaded = load_whisper(TINY_TEACHER)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        for param in loaded.model.model.decoder.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    loaded.model.save_pretrained(tmp_path / "broken")
+    loaded.processor.save_pretrained(tmp_path / "broken")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", (0.1 * rng.standard_normal(32_000)).astype(np.float32), 16_000)
+    rows = pd.DataFrame({"audio": [str(tmp_path / f"{i}.wav") for i in range(3)], "duration": 2.0, "text": "你好"})
+    predictions, stats = decode.transcribe(loaded.model, loaded.processor, rows, 2, progress=False)
+    ct2 = runtime.load_export(export.export_model(tmp_path / "broken", quantization="float32"), threads=2)
+    texts, ct2_stats = runtime.transcribe_export(ct2, rows, batch_size=2)
+    assert ct2_stats["looped"] == stats["looped"] == 3
+    assert texts == predictions

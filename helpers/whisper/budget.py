@@ -6,6 +6,8 @@ the workbook therefore caps each clip's transcript at :func:`token_budget` (``TO
 second of audio plus ``EXTRA_TOKENS``, never past the model's own limit) and stops a transcript whose tail repeats
 one n-gram over and over (:class:`RepetitionGuard`). Outputs that hit either are counted ("k of n outputs looped")
 and reported by the phase that decoded them; their text is kept as the model wrote it, so that a score shows it.
+CTranslate2 has no hook to stop a sequence on a loop: its transcripts are cut afterwards where the guard would have
+stopped greedy decoding (:func:`cut_loop`), so that both runtimes write the same text.
 
 The rate is set so that no real transcript is cut: Mandarin speech runs at about 3-6 characters a second and
 Whisper's byte-level tokenizer spends 1-3 tokens on a character, so 25 tokens a second holds the fastest talker with
@@ -40,6 +42,20 @@ def repeats_at_end(tokens: list[int] | torch.Tensor) -> bool:
     same character, or one phrase 4 times over 24 tokens, is."""
     ids = torch.as_tensor(tokens)[None] if not torch.is_tensor(tokens) or tokens.dim() == 1 else tokens
     return bool(_looping(ids)[0])
+
+
+def cut_loop(tokens: list[int]) -> tuple[list[int], bool]:
+    """``tokens`` (a greedy transcript's text ids) up to where :class:`RepetitionGuard` would have stopped them: the
+    shortest prefix whose tail is a loop (:func:`repeats_at_end`), with True; or all of ``tokens`` with False."""
+    tokens = list(tokens)
+    for end in range(MIN_REPEATED_TOKENS, len(tokens) + 1):  # no loop is shorter than MIN_REPEATED_TOKENS
+        for period in range(1, MAX_PERIOD + 1):
+            span = period * max(MIN_REPEATS, math.ceil(MIN_REPEATED_TOKENS / period))
+            if span > end:
+                break
+            if all(tokens[i] == tokens[i + period] for i in range(end - span, end - period)):
+                return tokens[:end], True
+    return tokens, False
 
 
 def _looping(ids: torch.Tensor) -> torch.Tensor:

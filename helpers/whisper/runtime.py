@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..files import read_json, shown
 from ..speech.audio import read_recording, read_row
-from .budget import repeats_at_end, token_budget
+from .budget import cut_loop, token_budget
 from .decode import rtfx
 from .models import no_transformers_bars
 from .short_window import FRAMES_PER_SECOND, WindowRule, window_features
@@ -192,8 +192,8 @@ def transcribe_export(export: Export | str | Path, audio, *, batch_size: int = 1
         encoder_s, decoder_s = encoder_s + t1 - t0, decoder_s + t2 - t1
         steps += max(len(r.sequences_ids[0]) for r in results) + 1
         for i, r in zip(idx, results):
-            ids = [t for t in r.sequences_ids[0] if t < export.eot]
-            loops += len(ids) >= budget or repeats_at_end(ids)
+            ids, stopped = cut_loop([t for t in r.sequences_ids[0] if t < export.eot])
+            loops += stopped or len(ids) >= budget
             texts[i] = export.tokenizer.decode(ids).strip()
     audio_s = float(sum(len(w) for w in waves)) / fe.sampling_rate
     compute_s = encoder_s + decoder_s

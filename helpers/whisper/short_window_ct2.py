@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .budget import token_budget
+from .budget import cut_loop, token_budget
 from .short_window import WindowRule, until_end, window_batches, window_features
 
 
@@ -32,7 +32,8 @@ def encode(whisper, features: np.ndarray):
 def generate(whisper, encoded, prompt: list[int], eot: int, max_new_tokens: int, **options) -> list[list[int]]:
     """Greedy decoding of ``encoded`` (from :func:`encode`) after the prompt ``prompt`` (token ids, e.g.
     ``<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>``), at most ``max_new_tokens`` tokens per clip.
-    Returns per clip the generated ids without the prompt, up to (not including) the first end-of-text ``eot``.
+    Returns per clip the generated ids without the prompt, up to (not including) the first end-of-text ``eot``,
+    cut where the repetition guard of the transformers path would have stopped (``budget.cut_loop``).
     ``options`` go to ``Whisper.generate`` (e.g. ``suppress_tokens``). CTranslate2 generates at most
     ``max_length / 2`` tokens and at most ``max_length`` minus the prompt but one, so ``max_length`` is set to the
     larger of ``2 x max_new_tokens`` and ``max_new_tokens + len(prompt) - 1`` (measured with 4.8.5)."""
@@ -41,7 +42,7 @@ def generate(whisper, encoded, prompt: list[int], eot: int, max_new_tokens: int,
     max_length = max(2 * max_new_tokens, max_new_tokens + len(prompt) - 1)
     results = whisper.generate(encoded, [list(prompt)] * encoded.shape[0], beam_size=1, max_length=max_length,
                                **options)
-    return [until_end(r.sequences_ids[0][:max_new_tokens], eot) for r in results]
+    return [cut_loop(until_end(r.sequences_ids[0][:max_new_tokens], eot))[0] for r in results]
 
 
 def short_window_generate_ct2(whisper, feature_extractor, waves: list[np.ndarray], rule: WindowRule | None,
