@@ -85,16 +85,24 @@ def test_the_guard_stops_looping_rows_only_and_remembers_them():
     assert budget.looped(ids, eos_token_id=50, budget=31).tolist() == [False, False]
 
 
-def test_a_broken_model_stops_within_its_budget_and_its_loops_are_counted(tmp_path):
+@pytest.fixture
+def broken(tmp_path):
+    """``(loaded, rows)``: the tiny teacher with a broken decoder (it repeats itself instead of ending) and three 2 s
+    clips of noise."""
     loaded = load_whisper(TINY_TEACHER)
-    with torch.no_grad():  # a broken decoder: it repeats itself instead of ending
+    with torch.no_grad():
         torch.manual_seed(0)
         for param in loaded.model.model.decoder.parameters():
             param.add_(torch.randn_like(param) * 0.5)
     rng = np.random.default_rng(0)
     for i in range(3):
         sf.write(tmp_path / f"{i}.wav", (0.1 * rng.standard_normal(32_000)).astype(np.float32), 16_000)
-    rows = pd.DataFrame({"audio": [str(tmp_path / f"{i}.wav") for i in range(3)], "duration": 2.0, "text": "你好"})
+    return loaded, pd.DataFrame({"audio": [str(tmp_path / f"{i}.wav") for i in range(3)], "duration": 2.0,
+                                 "text": "你好"})
+
+
+def test_a_broken_model_stops_within_its_budget_and_its_loops_are_counted(broken):
+    loaded, rows = broken
     predictions, stats = decode.transcribe(loaded.model, loaded.processor, rows, 2, progress=False)
     assert stats["outputs"] == 3 and stats["looped"] == 3
     # each batch of 2 s clips may run 66 new tokens (the prompt on top), not the model's limit
@@ -103,23 +111,15 @@ def test_a_broken_model_stops_within_its_budget_and_its_loops_are_counted(tmp_pa
     assert metrics["looped"] == 3
 
 
-def test_a_broken_models_export_stops_its_loops_where_transformers_does(tmp_path):
+def test_a_broken_models_export_stops_its_loops_where_transformers_does(broken, tmp_path):
     """The same broken model through transformers (guard while decoding) and its CTranslate2 float32 export (cut
     afterwards): the same transcripts, every one counted as looped."""
     from helpers import export
     from helpers.whisper import runtime
 
-    loaded = load_whisper(TINY_TEACHER)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        for param in loaded.model.model.decoder.parameters():
-            param.add_(torch.randn_like(param) * 0.5)
+    loaded, rows = broken
     loaded.model.save_pretrained(tmp_path / "broken")
     loaded.processor.save_pretrained(tmp_path / "broken")
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        sf.write(tmp_path / f"{i}.wav", (0.1 * rng.standard_normal(32_000)).astype(np.float32), 16_000)
-    rows = pd.DataFrame({"audio": [str(tmp_path / f"{i}.wav") for i in range(3)], "duration": 2.0, "text": "你好"})
     predictions, stats = decode.transcribe(loaded.model, loaded.processor, rows, 2, progress=False)
     ct2 = runtime.load_export(export.export_model(tmp_path / "broken", quantization="float32"), threads=2)
     texts, ct2_stats = runtime.transcribe_export(ct2, rows, batch_size=2)
