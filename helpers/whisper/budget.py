@@ -49,24 +49,28 @@ def cut_loop(tokens: list[int]) -> tuple[list[int], bool]:
     shortest prefix whose tail is a loop (:func:`repeats_at_end`), with True; or all of ``tokens`` with False."""
     tokens = list(tokens)
     for end in range(MIN_REPEATED_TOKENS, len(tokens) + 1):  # no loop is shorter than MIN_REPEATED_TOKENS
-        for period in range(1, MAX_PERIOD + 1):
-            span = period * max(MIN_REPEATS, math.ceil(MIN_REPEATED_TOKENS / period))
-            if span > end:
-                break
+        for period, span in _spans(end):
             if all(tokens[i] == tokens[i + period] for i in range(end - span, end - period)):
                 return tokens[:end], True
     return tokens, False
 
 
+def _spans(length: int):
+    """``(period, span)`` of the n-gram lengths ``period`` a loop may have, with the tokens ``span`` its repeats
+    must fill, up to the first span that does not fit in ``length`` tokens. The one definition of a loop for both
+    the guard (:func:`_looping`) and :func:`cut_loop`."""
+    for period in range(1, MAX_PERIOD + 1):
+        span = period * max(MIN_REPEATS, math.ceil(MIN_REPEATED_TOKENS / period))
+        if span > length:
+            return
+        yield period, span
+
+
 def _looping(ids: torch.Tensor) -> torch.Tensor:
     """Per row of ``ids`` (batch x length): True where the tail is a loop (see :func:`repeats_at_end`)."""
     found = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for period in range(1, MAX_PERIOD + 1):
-        repeats = max(MIN_REPEATS, math.ceil(MIN_REPEATED_TOKENS / period))
-        span = period * repeats
-        if ids.shape[1] < span:
-            break
-        tail = ids[:, -span:].reshape(ids.shape[0], repeats, period)
+    for period, span in _spans(ids.shape[1]):
+        tail = ids[:, -span:].reshape(ids.shape[0], span // period, period)
         found |= (tail == tail[:, -1:, :]).all(dim=2).all(dim=1)
     return found
 
