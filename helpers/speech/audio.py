@@ -154,7 +154,8 @@ def local_sound_spans(audio: np.ndarray, sampling_rate: int, floor_window_s: flo
 def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overlap_s: float = 0.5, pad_s: float = 0.2,
                   top_db: float = 35.0, noise_margin_db: float = 10.0, silence_dbfs: float = -60.0,
                   frame_s: float = 0.032, hop_s: float = 0.008, floor_window_s: float | None = None,
-                  cut_pause_s: float | None = None) -> list[tuple[float, float]]:
+                  cut_pause_s: float | None = None, detector: str = "energy",
+                  vad: dict | None = None) -> list[tuple[float, float]]:
     """Cut a long mono recording into pieces of at most ``max_s`` seconds, at pauses; returns ``[(start, end), ...]``
     in seconds from the start of ``audio`` (``sampling_rate`` Hz samples), in order.
 
@@ -164,7 +165,9 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
     2. Cuts: a stretch of sound (with its inner pauses) longer than ``max_s`` is cut at its longest pause, and the
        halves likewise, until every piece fits; so the pieces end where the speaker pauses longest.
        With ``floor_window_s`` the noise floor is local (:func:`local_sound_spans`): for recordings whose
-       background changes (another room, another microphone).
+       background changes (another room, another microphone). With ``detector="silero"`` the stretches are speech
+       as Silero voice activity detection hears it (``vad.voice_spans``, ``vad`` its keyword arguments): noise,
+       however loud or changing, is then a pause.
     3. Merging: neighbouring pieces are joined while the joined piece still fits in ``max_s`` (fewer, longer
        pieces: more context for the model, fewer calls); with ``cut_pause_s``, never across a pause of at least
        that many seconds (every such pause ends a piece: for models that learnt from one sentence at a time).
@@ -176,7 +179,8 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
 
     The pieces cover every stretch of sound; silence between pieces is left out. Read a piece back with
     ``read_audio(path, sampling_rate, offset=start, duration=end - start)``. Raises ``ValueError`` naming the
-    parameter when ``audio`` is not 1-D, ``max_s`` is not positive or ``overlap_s`` is not in [0, max_s / 2).
+    parameter when ``audio`` is not 1-D, ``max_s`` is not positive, ``overlap_s`` is not in [0, max_s / 2) or
+    ``detector`` is neither ``"energy"`` nor ``"silero"``.
     """
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
@@ -187,9 +191,19 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
     if not 0 <= overlap_s < max_s / 2:
         raise ValueError(f"cut_at_pauses: overlap_s must be >= 0 and below max_s / 2 ({max_s / 2:g} s), "
                          f"got {overlap_s}")
+    if detector not in ("energy", "silero"):
+        raise ValueError(f"cut_at_pauses: detector must be 'energy' (loudness over the noise floor) or 'silero' (voice "
+                         f"activity detection), got {detector!r}")
     levels = {"top_db": top_db, "noise_margin_db": noise_margin_db, "silence_dbfs": silence_dbfs, "frame_s": frame_s,
               "hop_s": hop_s}
-    spans = _sound_spans(audio, sampling_rate, floor_window_s, levels) if audio.size else []
+    if not audio.size:
+        spans = []
+    elif detector == "silero":
+        from .vad import voice_spans
+
+        spans = voice_spans(audio, sampling_rate, **(vad or {}))
+    else:
+        spans = _sound_spans(audio, sampling_rate, floor_window_s, levels)
     if not spans:
         return []
     max_n = int(np.floor(max_s * sampling_rate))

@@ -33,6 +33,13 @@ from .models import LoadedWhisper, quiet_generation, window_seconds
 from .runtime import WHISPER_TIMESTAMPS, Export, load_export, transcribe_export
 
 
+# How the "pauses" method cuts a recording, chosen on valid recordings, never on test (bench/long_settings.py; the
+# figures are in long_measure.CHOSEN's note): speech found by Silero voice activity detection at threshold 0.3, every
+# pause of 0.3 s or more ends a piece, and each piece keeps up to 0.3 s of the audio around it.
+PAD_S = 0.3
+CUT = {"detector": "silero", "cut_pause_s": 0.3, "vad": {"threshold": 0.3}}
+
+
 @dataclass(frozen=True)
 class Segment:
     """A stretch of a recording and what was said in it: ``start`` and ``end`` in seconds from its beginning."""
@@ -78,14 +85,15 @@ def has_timestamp_tokens(loaded: LoadedWhisper) -> bool:
 
 
 def pieces(path: str | Path, window_s: float, *, sampling_rate: int = SAMPLING_RATE, overlap_s: float = 0.5,
-           pad_s: float = 0.2, audio: np.ndarray | None = None, cut: dict | None = None) -> pd.DataFrame:
+           pad_s: float = PAD_S, audio: np.ndarray | None = None, cut: dict | None = None) -> pd.DataFrame:
     """The recording ``path`` cut at pauses into pieces of at most ``window_s`` seconds (``audio.cut_at_pauses``
     with ``overlap_s`` and ``pad_s``), as manifest rows: ``audio`` (the path), ``offset`` and ``duration``
     (seconds), ``text`` (empty), ``split`` ``"unlabelled"``. ``audio``: the recording's samples at
-    ``sampling_rate`` when already read; ``cut``: more keyword arguments of ``cut_at_pauses`` (``floor_window_s``,
-    ``cut_pause_s``...). An empty table when the recording is silent."""
+    ``sampling_rate`` when already read; ``cut``: more keyword arguments of ``cut_at_pauses`` (``detector``,
+    ``cut_pause_s``, ``vad``...; default :data:`CUT`). An empty table when the recording holds no speech."""
     samples = read_recording(path, sampling_rate) if audio is None else audio
-    spans = cut_at_pauses(samples, sampling_rate, window_s, overlap_s=overlap_s, pad_s=pad_s, **(cut or {}))
+    spans = cut_at_pauses(samples, sampling_rate, window_s, overlap_s=overlap_s, pad_s=pad_s,
+                          **(CUT if cut is None else cut))
     return pd.DataFrame({"audio": str(path), "offset": [s for s, _ in spans], "duration": [e - s for s, e in spans],
                          "text": "", "split": "unlabelled"}, columns=["audio", "offset", "duration", "text", "split"])
 
@@ -118,7 +126,7 @@ def write_transcript(segments: list[Segment], audio_path: str | Path,
 
 def transcribe_long(model: LoadedWhisper | Export | str | Path, path: str | Path, *, out_dir: str | Path | None = None,
                     method: str = "auto", batch_size: int = 8, max_new_tokens: int | None = None,
-                    condition_on_previous_text: bool = False, overlap_s: float = 0.5, pad_s: float = 0.2,
+                    condition_on_previous_text: bool = False, overlap_s: float = 0.5, pad_s: float = PAD_S,
                     threads: int = 0, cut: dict | None = None) -> LongTranscript:
     """Transcribe the recording ``path`` (any length) with ``model`` (a ``LoadedWhisper``, an :class:`Export` or an
     export folder, loaded with ``threads``); write ``.srt`` and ``.txt`` beside it (or into ``out_dir``) and return
@@ -126,7 +134,8 @@ def transcribe_long(model: LoadedWhisper | Export | str | Path, path: str | Path
 
     ``method``: ``"timestamps"`` (transformers only; the vocabulary must have timestamp tokens), ``"vad"``
     (standard-layout exports only), ``"pauses"`` (any model; ``overlap_s``, ``pad_s``: see ``audio.cut_at_pauses``,
-    and ``cut`` its other keyword arguments; pieces go in batches of ``batch_size``), or ``"auto"``: the first of
+    and ``cut`` its other keyword arguments, default :data:`CUT`: speech found by Silero voice activity detection;
+    pieces go in batches of ``batch_size``), or ``"auto"``: the first of
     these the model can do. ``max_new_tokens`` caps each window's or piece's transcript.
     ``condition_on_previous_text`` (timestamps only; vad never does) feeds each window the text of the one before.
     It is off because distilled students, with their 2-layer decoders, take that text as something to continue and
