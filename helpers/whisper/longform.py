@@ -32,7 +32,6 @@ from .decode import transcribe
 from .models import LoadedWhisper, quiet_generation, window_seconds
 from .runtime import WHISPER_TIMESTAMPS, Export, load_export, transcribe_export
 
-
 # How the "pauses" method cuts a recording, chosen on valid recordings, never on test (bench/long_settings.py; the
 # figures are in long_measure.CHOSEN's note): speech found by Silero voice activity detection at threshold 0.3, every
 # pause of 0.3 s or more ends a piece, and each piece keeps up to 0.3 s of the audio around it.
