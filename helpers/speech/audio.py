@@ -196,24 +196,12 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
                          f"activity detection), got {detector!r}")
     levels = {"top_db": top_db, "noise_margin_db": noise_margin_db, "silence_dbfs": silence_dbfs, "frame_s": frame_s,
               "hop_s": hop_s}
-    if not audio.size:
-        spans = []
-    elif detector == "silero":
-        from .vad import voice_spans
-
-        spans = voice_spans(audio, sampling_rate, **(vad or {}))
-    else:
-        spans = _sound_spans(audio, sampling_rate, floor_window_s, levels)
+    spans = _sound_spans(audio, sampling_rate, floor_window_s, levels, (vad or {}) if detector == "silero" else None)
     if not spans:
         return []
     max_n = int(np.floor(max_s * sampling_rate))
-    runs, gap_n = [[spans[0]]], cut_pause_s * sampling_rate if cut_pause_s else np.inf
-    for span in spans[1:]:  # runs of sound between pauses of at least cut_pause_s, which always end a piece
-        if span[0] - runs[-1][-1][1] >= gap_n:
-            runs.append([span])
-        else:
-            runs[-1].append(span)
-    pieces = [piece for run in runs for piece in _merge(_cut_longest_pause(run, max_n), max_n)]
+    pieces = [piece for run in _runs(spans, cut_pause_s * sampling_rate if cut_pause_s else np.inf)
+              for piece in _merge(_cut_longest_pause(run, max_n), max_n)]
     out = []
     for (start, end), hard in pieces:
         if hard:
@@ -224,12 +212,19 @@ def cut_at_pauses(audio: np.ndarray, sampling_rate: int, max_s: float, *, overla
                                                                    len(audio))]
 
 
-def _sound_spans(audio: np.ndarray, sampling_rate: int, floor_window_s: float | None,
-                 levels: dict) -> list[tuple[int, int]]:
-    """Stretches of sound (sample indices): over :func:`sound_threshold_db` (with ``librosa.effects.split``), or
-    over a local floor with ``floor_window_s`` (:func:`local_sound_spans`)."""
+def _sound_spans(audio: np.ndarray, sampling_rate: int, floor_window_s: float | None, levels: dict,
+                 vad: dict | None) -> list[tuple[int, int]]:
+    """Stretches of sound (sample indices): speech as Silero hears it when ``vad`` is given (a dict, maybe empty, of
+    ``vad.voice_spans``' keyword arguments); else over :func:`sound_threshold_db` (with ``librosa.effects.split``),
+    or over a local floor with ``floor_window_s`` (:func:`local_sound_spans`)."""
     import librosa
 
+    if not audio.size:
+        return []
+    if vad is not None:
+        from .vad import voice_spans
+
+        return voice_spans(audio, sampling_rate, **vad)
     if floor_window_s:
         return [(s, e) for s, e in local_sound_spans(audio, sampling_rate, floor_window_s, **levels) if e > s]
     threshold = sound_threshold_db(audio, sampling_rate, **levels)
@@ -239,6 +234,18 @@ def _sound_spans(audio: np.ndarray, sampling_rate: int, floor_window_s: float | 
     peak = max(float(_frame_rms(audio, sampling_rate, levels["frame_s"], levels["hop_s"], librosa).max()), 1e-10)
     return [(int(s), int(e)) for s, e in librosa.effects.split(  # peak: split's reference level
         audio, top_db=20 * np.log10(peak) - threshold, ref=peak, frame_length=frame, hop_length=hop) if e > s]
+
+
+def _runs(spans: list[tuple[int, int]], gap_n: float) -> list[list[tuple[int, int]]]:
+    """The spans grouped into runs of sound between pauses of at least ``gap_n`` samples (each such pause always
+    ends a piece)."""
+    runs = [[spans[0]]]
+    for span in spans[1:]:
+        if span[0] - runs[-1][-1][1] >= gap_n:
+            runs.append([span])
+        else:
+            runs[-1].append(span)
+    return runs
 
 
 def _cut_longest_pause(spans: list[tuple[int, int]], max_n: int) -> list[tuple[tuple[int, int], bool]]:
